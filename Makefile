@@ -1,0 +1,43 @@
+# The two commands: `make book` and `make test`. Each bootstraps .venv when missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# This machine keeps a small CPU wheel of torch on disk; pip takes it when asked for exactly that version.
+# Users elsewhere get whatever `torch>=2.4` resolves to: the pin lives here, never in pyproject.toml.
+TORCH_PREFERRED ?= torch==2.13.0
+
+.PHONY: help install test test-fast book lab bench clean
+
+help:
+	@echo "make book   execute every chapter and build the site into book/_build/html"
+	@echo "make test   run the whole test suite"
+	@echo "make lab    open the chapters in JupyterLab"
+	@echo "make bench  run the benchmarks in benchmarks/"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_PREFERRED)" || $(BIN)/pip install --quiet "torch>=2.4"
+	$(BIN)/pip install --quiet -e ".[course,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not browser"
+
+book: $(STAMP)
+	$(BIN)/python -m minimoe.tools.build_book
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf book/_build
