@@ -1,0 +1,56 @@
+import pytest
+
+from minimoe.config import PRESETS, ModelConfig
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_round_trip(name):
+    cfg = ModelConfig.from_preset(name)
+    assert cfg.name == name
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_published_presets_match_facts_sheet():
+    # facts sheet §1.3 and §2.4
+    v3 = ModelConfig.from_preset("deepseek-v3")
+    assert (v3.hidden_size, v3.num_hidden_layers, v3.num_attention_heads, v3.q_lora_rank) == (7168, 61, 128, 1536)
+    assert (v3.n_routed_experts, v3.n_shared_experts, v3.num_experts_per_tok, v3.moe_intermediate_size) == (256, 1, 8, 2048)
+    assert (v3.first_k_dense_replace, v3.n_group, v3.topk_group, v3.routed_scaling_factor) == (3, 8, 4, 2.5)
+    assert (v3.topk_method, v3.scoring_func, v3.vocab_size) == ("noaux_tc", "sigmoid", 129280)
+    v2 = ModelConfig.from_preset("deepseek-v2")
+    assert (v2.hidden_size, v2.num_hidden_layers, v2.n_routed_experts, v2.routed_scaling_factor) == (5120, 60, 160, 16.0)
+    assert (v2.n_group, v2.topk_group, v2.topk_method, v2.intermediate_size) == (8, 3, "group_limited_greedy", 12288)
+    lite = ModelConfig.from_preset("deepseek-v2-lite")
+    assert lite.q_lora_rank is None and lite.num_attention_heads == 16 and lite.n_routed_experts == 64
+    for cfg in (v2, v3, lite):
+        assert (cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim) == (512, 128, 64, 128)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_attention_heads=0), "num_attention_heads"),
+    (dict(kv_lora_rank=-1), "kv_lora_rank"),
+    (dict(qk_rope_head_dim=7), "qk_rope_head_dim"),
+    (dict(num_experts_per_tok=9), r"num_experts_per_tok \(9\) must be <= n_routed_experts \(8\)"),
+    (dict(n_group=3), r"n_routed_experts \(8\) must be divisible by n_group \(3\)"),
+    (dict(topk_group=5), "topk_group"),
+    (dict(topk_method="best"), "topk_method"),
+    (dict(scoring_func="relu"), "scoring_func"),
+    (dict(q_lora_rank=-4), "q_lora_rank"),
+    (dict(num_key_value_heads=3), "num_key_value_heads"),
+    (dict(rope_scaling={"type": "yarn", "factor": 0.5, "original_max_position_embeddings": 64}), "factor"),
+    (dict(attention_type="linear"), "attention_type"),
+])
+def test_invalid_values_name_field_and_rule(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_preset("tiny-v2", **changes)
+
+
+def test_q_lora_rank_zero_means_no_compression():
+    assert ModelConfig(q_lora_rank=0).q_lora_rank is None
+
+
+def test_unknown_preset_and_fields():
+    with pytest.raises(ValueError, match="unknown preset"):
+        ModelConfig.from_preset("gpt-5")
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"hidden": 3})
