@@ -1,1 +1,42 @@
-"""minimoe."""
+"""minimoe: Multi-head Latent Attention, DeepSeekMoE and GRPO from first principles, small enough to read.
+
+Shape legend (used in every ``Shapes:`` block, reshape comment and einsum string of the package):
+
+    B   batch
+    T   time: the new positions of this call
+    S   cached + new positions
+    H   attention heads
+    D   model width (``hidden_size``)
+    d_h head dim
+    d_c KV latent (``kv_lora_rank``)
+    d_r RoPE dims (``qk_rope_head_dim``)
+    E   routed experts
+    K   experts per token
+    G   group size (experts per group)
+
+Public API::
+
+    cfg = minimoe.ModelConfig.from_preset("tiny-v3")
+    model = minimoe.Transformer(cfg)                     # model(tokens (B, T)) -> logits (B, T, V)
+    minimoe.generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=8)
+    minimoe.count_params(cfg), minimoe.kv_cache_per_token(cfg, attention="mla")
+    minimoe.interop.from_hf(hf_model)                    # imported on first use (it needs transformers)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from minimoe.accounting import count_params, kv_cache_per_token
+from minimoe.config import ModelConfig
+from minimoe.generate import generate
+from minimoe.model import Transformer
+
+__all__ = ["ModelConfig", "Transformer", "generate", "count_params", "kv_cache_per_token", "interop"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "interop":  # lazy: importing minimoe must not import transformers
+        return importlib.import_module("minimoe.interop")
+    raise AttributeError(f"module 'minimoe' has no attribute {name!r}")

@@ -1,0 +1,162 @@
+"""Build the course site: execute every chapter and write the HTML book to book/_build/html.
+
+Called by `make book`. The steps:
+
+1. link the chapters in: `book/chapters -> ../notebooks` (Jupyter Book drops toc entries outside `book/`);
+2. vendor the JavaScript the site serves itself, so that it works offline: MathJax 3 (its `es5` build),
+   require.js and the ipywidgets HTML manager, fetched once with `npm pack` into `book/_vendor` and reused;
+3. `jupyter-book build book -W -n --keep-going`: every warning and every cell error fails the build; notebook
+   outputs are cached in `book/_build/.jupyter_cache`, so a rebuild re-executes only the chapters that changed;
+4. print how long each chapter took to execute (from the jupyter-cache records) and how to open the site.
+
+Usage: `python book/build.py [--book DIR]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parent
+
+# npm package spec -> (folder inside the package tarball, folder under _static/vendor)
+VENDORED = {
+    "mathjax@3.2.2": ("package/es5", "mathjax/es5"),
+    "requirejs@2.3.8": ("package", "requirejs"),
+    "@jupyter-widgets/html-manager@1.0.15": ("package/dist", "html-manager/dist"),
+}
+# Files inside each copied folder that the site does not need (source maps, the r.js optimiser, npm metadata).
+SKIP_SUFFIXES = (".map",)
+SKIP_NAMES = {"bin", "package.json", "README.md"}
+
+CHAPTER_BUDGET_S = 180
+BOOK_BUDGET_S = 15 * 60
+
+
+def link_chapters(book: Path) -> None:
+    """Make `book/chapters` a symlink to the repository's `notebooks/` folder."""
+    link = book / "chapters"
+    if link.is_symlink() or link.exists():
+        if not link.is_symlink():
+            raise SystemExit(f"{link} must be a symlink to ../notebooks, found a real folder or file")
+        return
+    link.symlink_to(Path("..") / "notebooks", target_is_directory=True)
+
+
+def vendor(book: Path) -> Path:
+    """Fetch the vendored JavaScript into `book/_vendor/site/_static/vendor` unless it is already there."""
+    site_vendor = book / "_vendor" / "site" / "_static" / "vendor"
+    stamp = site_vendor / "VERSIONS.json"
+    wanted = sorted(VENDORED)
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        return site_vendor
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit(
+            "npm is needed once to fetch MathJax 3, require.js and @jupyter-widgets/html-manager into "
+            f"{book / '_vendor'} (no Python package ships them). Install Node.js/npm, or copy a book/_vendor "
+            "folder from a machine that has built the book."
+        )
+    tarballs = book / "_vendor" / "npm"
+    tarballs.mkdir(parents=True, exist_ok=True)
+    if site_vendor.exists():
+        shutil.rmtree(site_vendor)
+    for spec, (inner, target) in VENDORED.items():
+        print(f"vendoring {spec}", flush=True)
+        name = subprocess.run(
+            [npm, "pack", "--silent", spec], cwd=tarballs, check=True, capture_output=True, text=True
+        ).stdout.strip().splitlines()[-1]
+        with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarballs / name) as tgz:
+            tgz.extractall(tmp, filter="data")
+            source = Path(tmp) / inner
+            shutil.copytree(
+                source,
+                site_vendor / target,
+                ignore=lambda _dir, names: [n for n in names if n in SKIP_NAMES or n.endswith(SKIP_SUFFIXES)],
+            )
+            licence = Path(tmp) / "package" / "LICENSE"
+            if licence.exists():
+                shutil.copy(licence, site_vendor / target.split("/")[0] / "LICENSE")
+    stamp.write_text(json.dumps(wanted))
+    return site_vendor
+
+
+def run_jupyter_book(book: Path) -> int:
+    """Run `jupyter-book build BOOK -W -n --keep-going` with the jupyter-book beside this Python."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(book), "-W", "-n", "--keep-going"]
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
+
+
+def chapter_timings(book: Path, since: dt.datetime) -> list[tuple[str, float | None, str]]:
+    """(chapter, execution seconds, "executed" | "cached" | "not executed") for each chapter notebook."""
+    from jupyter_cache import get_cache
+
+    cache_dir = book / "_build" / ".jupyter_cache"
+    cache = get_cache(cache_dir) if cache_dir.exists() else None
+    rows = []
+    for nb in sorted((book / "chapters").glob("*.ipynb")):
+        record = None
+        if cache is not None:
+            try:
+                record = cache.match_cache_file(nb)
+            except KeyError:
+                record = None
+        if record is None:
+            rows.append((nb.stem, None, "not executed"))
+            continue
+        seconds = (record.data or {}).get("execution_seconds")
+        state = "executed" if record.created >= since else "cached"
+        rows.append((nb.stem, seconds, state))
+    return rows
+
+
+def print_report(rows: list[tuple[str, float | None, str]], wall_s: float, html: Path) -> None:
+    width = max([len("chapter")] + [len(r[0]) for r in rows])
+    print(f"\n{'chapter':<{width}}  {'execution':>10}  this build")
+    for name, seconds, state in rows:
+        shown = f"{seconds:9.1f}s" if seconds is not None else f"{'-':>10}"
+        over = f"  (over the {CHAPTER_BUDGET_S} s budget)" if seconds and seconds > CHAPTER_BUDGET_S else ""
+        print(f"{name:<{width}}  {shown}  {state}{over}")
+    executed = sum(s for _, s, state in rows if s is not None and state == "executed")
+    print(f"{'':<{width}}  {executed:9.1f}s  executed in this build, {wall_s:.0f} s wall time in all")
+    if wall_s > BOOK_BUDGET_S:
+        print(f"the build took {wall_s:.0f} s, over the {BOOK_BUDGET_S} s budget")
+    print(f"\nThe site is in {html}. Open it with\n    python -m http.server -d {html}\nand visit http://127.0.0.1:8000")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--book", type=Path, default=BOOK, help="the book folder (default: this script's)")
+    book = parser.parse_args(argv).book.resolve()
+    start_wall = time.monotonic()
+    # jupyter-cache stamps records in naive UTC.
+    since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    link_chapters(book)
+    vendor(book)
+    returncode = run_jupyter_book(book)
+    html = book / "_build" / "html"
+    try:
+        html_shown = html.relative_to(Path.cwd())
+    except ValueError:
+        html_shown = html
+    print_report(chapter_timings(book, since), time.monotonic() - start_wall, html_shown)
+    if returncode != 0:
+        logs = sorted((html / "reports").glob("**/*.err.log")) if (html / "reports").exists() else []
+        print(f"\nThe build FAILED (jupyter-book exit {returncode}).", file=sys.stderr)
+        for log in logs:
+            print(f"  cell error log: {log}", file=sys.stderr)
+    return returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

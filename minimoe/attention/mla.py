@@ -1,0 +1,135 @@
+"""Multi-head Latent Attention (MLA): DeepSeek-V2 §2.1.2–2.1.3 and App. C; DeepSeek-V3 §2.1.1, Eq. (1)–(11).
+
+Keys and values are rebuilt from one small latent ``c_kv`` per token, and position enters only through a separate
+RoPE part of width d_r whose key ``k_rope`` is shared by all heads. Two ways to run the same weights:
+
+* ``mode="naive"`` expands the latent to full per-head keys and values and caches those (H·(n+r) + H·v elements per
+  token per layer; 40,960 for V3).
+* ``mode="absorbed"`` caches only ``c_kv`` and ``k_rope`` (d_c + d_r = 576 for V3), folds W^UK into the query and
+  applies W^UV after the weighted sum (DeepSeek-V2 App. C; DeepSeek-V3 ``inference/model.py``, ``attn_impl="absorb"``).
+  Nothing is re-expanded: a decoding step costs O(S·H·(d_c + d_r)) and reads only the latent cache.
+
+Names: n = ``qk_nope_head_dim`` (d_h of the paper), r = d_r = ``qk_rope_head_dim``, v = ``v_head_dim``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minimoe.attention.cache import LayerCache
+from minimoe.attention.masking import check_attention_inputs, masked_softmax
+from minimoe.attention.rope import RotaryEmbedding, apply_rope, softmax_scale
+from minimoe.norm import RMSNorm
+
+MODES = ("naive", "absorbed")
+
+
+def mla_absorbed_scores(q_latent: torch.Tensor, q_rope: torch.Tensor, c_kv: torch.Tensor,
+                        k_rope: torch.Tensor) -> torch.Tensor:
+    """``q^Cᵀ k^C + q^Rᵀ k^R = (W^UKᵀ q^C)ᵀ c^KV + q^Rᵀ k^R`` (DeepSeek-V2 §2.1.3, App. C): the latent query
+    ``q_latent = W^UKᵀ q^C`` meets the cached latent directly.
+
+    Shapes:
+        q_latent: (B, T, H, d_c); q_rope: (B, T, H, r); c_kv: (B, S, d_c); k_rope: (B, S, r); returns (B, H, T, S).
+    """
+    return torch.einsum("bthc,bsc->bhts", q_latent, c_kv) + torch.einsum("bthr,bsr->bhts", q_rope, k_rope)
+
+
+class MultiHeadLatentAttention(nn.Module):
+    """MLA with optional query compression, decoupled RoPE and a naive or absorbed KV cache.
+
+    Parameters (DeepSeek-V3 ``inference/model.py`` names, HF layouts): ``wq`` (D → H·(n+r)) when
+    ``q_lora_rank is None``, else ``wq_a`` (D → d'_c) = W^DQ, ``q_norm``, ``wq_b`` (d'_c → H·(n+r)) = [W^UQ; W^QR];
+    ``wkv_a`` (D → d_c + r) = [W^DKV; W^KR]; ``kv_norm``; ``wkv_b`` (d_c → H·(n+v)) = [W^UK; W^UV] per head;
+    ``wo`` (H·v → D) = W^O. ``mode`` may be switched at any time; the cache it fills must match it.
+    """
+
+    def __init__(self, cfg, mode: str = "naive") -> None:
+        super().__init__()
+        self.mode = mode
+        self.hidden_size, self.n_heads = cfg.hidden_size, cfg.num_attention_heads
+        self.q_lora_rank, self.kv_lora_rank, self.v_head_dim = cfg.q_lora_rank, cfg.kv_lora_rank, cfg.v_head_dim
+        self.qk_nope_head_dim, self.qk_rope_head_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
+        H, D, qk_head_dim = cfg.num_attention_heads, cfg.hidden_size, cfg.qk_head_dim
+        if cfg.q_lora_rank is None:
+            self.wq = nn.Linear(D, H * qk_head_dim, bias=False)
+        else:
+            self.wq_a = nn.Linear(D, cfg.q_lora_rank, bias=cfg.attention_bias)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, H * qk_head_dim, bias=False)
+        self.wkv_a = nn.Linear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=cfg.attention_bias)
+        self.kv_norm = RMSNorm(cfg.kv_lora_rank, cfg.rms_norm_eps)
+        self.wkv_b = nn.Linear(cfg.kv_lora_rank, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
+        self.wo = nn.Linear(H * cfg.v_head_dim, D, bias=cfg.attention_bias)
+        self.rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta,
+                                    cfg.rope_scaling, interleave=cfg.rope_interleave)
+        self.scale = softmax_scale(cfg)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode ({value!r}) must be one of {MODES}")
+        self._mode = value
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, cache: LayerCache | None = None,
+                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal MLA of the T new positions over the cached and new ones.
+
+        Shapes:
+            x: (B, T, D); position_ids: (B, T); padding_mask: (B, S); returns (B, T, D).
+        """
+        position_ids, allowed = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask)
+        B, T, _ = x.shape
+        H, n, r = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
+        cos, sin = self.rope.cos_sin(position_ids)  # (B, T, r/2)
+        interleave = self.rope.interleave
+        # Eq. (12)–(13): c^Q = W^DQ h, [q^C; q^R] = [W^UQ; W^QR] c^Q (or W^Q h without compression), q_norm on c^Q
+        q = self.wq(x) if self.q_lora_rank is None else self.wq_b(self.q_norm(self.wq_a(x)))  # (B, T, H·(n+r))
+        q_nope, q_rope = q.view(B, T, H, n + r).split((n, r), dim=-1)  # (B, T, H, n), (B, T, H, r)
+        q_rope = apply_rope(q_rope, cos, sin, interleave)  # Eq. (14): q^R = RoPE(W^QR c^Q)
+        # Eq. (9) and (15): c^KV = W^DKV h (then kv_norm), k^R = RoPE(W^KR h) — one k^R per token, for all heads
+        c_kv, k_rope = self.wkv_a(x).split((self.kv_lora_rank, r), dim=-1)  # (B, T, d_c), (B, T, r)
+        c_kv = self.kv_norm(c_kv)
+        k_rope = apply_rope(k_rope, cos, sin, interleave)  # (B, T, r)
+        if self.mode == "naive":
+            o = self._naive(q_nope, q_rope, c_kv, k_rope, cache, allowed)
+        else:
+            o = self._absorbed(q_nope, q_rope, c_kv, k_rope, cache, allowed)
+        # Eq. (19): u_t = W^O [o_{t,1}; …; o_{t,n_h}]
+        return self.wo(o.reshape(B, T, H * self.v_head_dim))
+
+    def _naive(self, q_nope, q_rope, c_kv, k_rope, cache, allowed) -> torch.Tensor:
+        """Expand keys and values per head, cache them, attend. Shapes: returns (B, T, H, v)."""
+        B, T, _ = c_kv.shape
+        H, n, r = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
+        # Eq. (10)–(11): k^C = W^UK c^KV, v^C = W^UV c^KV
+        k_nope, v = self.wkv_b(c_kv).view(B, T, H, n + self.v_head_dim).split((n, self.v_head_dim), dim=-1)
+        # Eq. (17): k_{t,i} = [k^C_{t,i}; k^R_t]
+        k = torch.cat((k_nope, k_rope[:, :, None].expand(B, T, H, r)), dim=-1)  # (B, T, H, n+r)
+        if cache is not None:
+            full = cache.append(k=k, v=v)
+            k, v = full["k"], full["v"]  # (B, S, H, n+r), (B, S, H, v)
+        q = torch.cat((q_nope, q_rope), dim=-1)  # (B, T, H, n+r), Eq. (16): q_{t,i} = [q^C_{t,i}; q^R_{t,i}]
+        scores = torch.einsum("bthd,bshd->bhts", q, k) * self.scale  # (B, H, T, S)
+        # Eq. (18): o_{t,i} = Σ_s softmax_s(q_{t,i}ᵀ k_{s,i} / sqrt(n + r)) v^C_{s,i}
+        return torch.einsum("bhts,bshv->bthv", masked_softmax(scores, allowed[:, None]), v)  # (B, T, H, v)
+
+    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, cache, allowed) -> torch.Tensor:
+        """Attend in the latent space; only (c_kv, k_rope) is cached. Shapes: returns (B, T, H, v)."""
+        n = self.qk_nope_head_dim
+        w_ukv = self.wkv_b.weight.view(self.n_heads, n + self.v_head_dim, self.kv_lora_rank)  # (H, n+v, d_c)
+        w_uk, w_uv = w_ukv[:, :n], w_ukv[:, n:]  # (H, n, d_c), (H, v, d_c)
+        # App. C: fold W^UK into the query, q_latent_{t,i} = W^UKᵀ_i q^C_{t,i}
+        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
+        if cache is not None:
+            full = cache.append(c_kv=c_kv, k_rope=k_rope)
+            c_kv, k_rope = full["c_kv"], full["k_rope"]  # (B, S, d_c), (B, S, r)
+        scores = mla_absorbed_scores(q_latent, q_rope, c_kv, k_rope) * self.scale  # (B, H, T, S)
+        # Σ_s p_s v^C_{s,i} = W^UV_i Σ_s p_s c^KV_s: weight the latents, then expand once per query
+        o_latent = torch.einsum("bhts,bsc->bthc", masked_softmax(scores, allowed[:, None]), c_kv)  # (B, T, H, d_c)
+        return torch.einsum("bthc,hvc->bthv", o_latent, w_uv)  # (B, T, H, v)

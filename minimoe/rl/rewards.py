@@ -1,0 +1,79 @@
+"""Rule-based rewards on completion strings (DeepSeek-R1 §2.2.2): accuracy and format, and a weighted sum.
+
+Every reward function has the same signature, `fn(completions, problems) -> Tensor (N,)`, so rewards compose and a
+trainer never needs to know which one it holds. `problems[i]` is the problem `completions[i]` answers; it provides
+`is_correct(answer: str) -> bool` (see `minimoe.tasks.template.Checkable`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from minimoe.tasks.template import Checkable, check_answer, parse_completion
+
+RewardFn = Callable[[Sequence[str], Sequence[Checkable]], torch.Tensor]
+
+
+def _check_lengths(completions: Sequence[str], problems: Sequence[Checkable] | None) -> None:
+    if problems is not None and len(problems) != len(completions):
+        raise ValueError(f"problems must have one entry per completion; got {len(problems)} problems for "
+                         f"{len(completions)} completions")
+
+
+def accuracy_reward(completions: Sequence[str], problems: Sequence[Checkable]) -> torch.Tensor:
+    """1.0 where the answer inside `<answer>…</answer>` is correct for its problem, else 0.0.
+
+    Shapes:
+        completions: N strings, problems: N problems -> (N,) float32
+    """
+    _check_lengths(completions, problems)
+    return torch.tensor([float(check_answer(p, c)) for c, p in zip(completions, problems)], dtype=torch.float32)
+
+
+def format_reward(completions: Sequence[str], problems: Sequence[Checkable] | None = None) -> torch.Tensor:
+    """1.0 where the completion is exactly `<think>…</think><answer>…</answer>` (whitespace between allowed).
+
+    `problems` is accepted for a uniform signature and not used.
+
+    Shapes:
+        completions: N strings -> (N,) float32
+    """
+    _check_lengths(completions, problems)
+    return torch.tensor([float(parse_completion(c).well_formed) for c in completions], dtype=torch.float32)
+
+
+class CombinedReward:
+    """Σ_k w_k · fn_k(completions, problems), e.g. R1-Zero's accuracy + format reward.
+
+    Shapes:
+        completions: N strings, problems: N problems -> (N,) float32
+    """
+
+    def __init__(self, terms: Sequence[tuple[RewardFn, float]]):
+        if not terms:
+            raise ValueError("terms must hold at least one (reward_fn, weight) pair")
+        for fn, weight in terms:
+            if not callable(fn):
+                raise ValueError(f"each term must be (callable, weight); got {fn!r} as the reward function")
+            if not math.isfinite(weight):
+                raise ValueError(f"weights must be finite numbers; got {weight!r} for {fn!r}")
+        self.terms = [(fn, float(weight)) for fn, weight in terms]
+
+    def __call__(self, completions: Sequence[str], problems: Sequence[Checkable]) -> torch.Tensor:
+        _check_lengths(completions, problems)
+        total = torch.zeros(len(completions), dtype=torch.float32)
+        for fn, weight in self.terms:
+            total += weight * torch.as_tensor(fn(completions, problems), dtype=torch.float32)
+        return total
+
+    def __repr__(self) -> str:
+        names = " + ".join(f"{w:g}·{getattr(fn, '__name__', repr(fn))}" for fn, w in self.terms)
+        return f"CombinedReward({names})"
+
+
+def combine_rewards(terms: Sequence[tuple[RewardFn, float]]) -> CombinedReward:
+    """A reward function returning the weighted sum of `terms` = [(reward_fn, weight), …]."""
+    return CombinedReward(terms)

@@ -1,0 +1,158 @@
+"""Accounting against the published figures (facts sheet §1.4, §3, §4) and against the real modules."""
+
+import time
+
+import pytest
+
+from minimoe.accounting import (
+    ATTENTION_KINDS,
+    attention_flops_per_token,
+    count_params,
+    flops_per_token,
+    kv_cache_bytes,
+    kv_cache_per_token,
+    pretraining_gpu_hours,
+    training_cost,
+    wall_clock_days,
+)
+from minimoe.config import ModelConfig
+
+PUBLISHED = ["deepseek-v2-lite", "deepseek-v2", "deepseek-v3"]
+TEACHING = ["tiny-dense", "tiny-v2", "tiny-v3", "small-v3"]
+
+
+def preset(name, **kw):
+    return ModelConfig.from_preset(name, **kw)
+
+
+@pytest.mark.parametrize("name,total", [("deepseek-v2-lite", 15_706_484_224), ("deepseek-v2", 235_741_434_880),
+                                        ("deepseek-v3", 671_026_419_200)])
+def test_totals_match_facts_sheet_exactly(name, total):
+    assert count_params(preset(name)).total == total
+
+
+@pytest.mark.parametrize("name,active,active_emb,paper", [
+    ("deepseek-v2-lite", 2.451e9, 2.661e9, 2.4e9),
+    ("deepseek-v2", 20.852e9, 21.376e9, 21e9),
+    ("deepseek-v3", 36.626e9, 37.552e9, 37e9),
+])
+def test_active_counts(name, active, active_emb, paper):
+    p = count_params(preset(name))
+    assert abs(p.active - active) < 0.5e6  # facts sheet §3, rounded to the million
+    assert abs(p.active_with_embedding - active_emb) < 0.5e6
+    assert p.active_with_embedding - p.active == p.embedding
+    assert abs(p.active - paper) / paper < 0.03  # the papers' rounded figures (2.4B is rounded down from 2.45B)
+
+
+def test_breakdown_sums_and_router_bias():
+    p = count_params(preset("deepseek-v3"))
+    assert p.router_bias == 58 * 256  # 58 MoE layers × 256 experts (noaux_tc)
+    assert count_params(preset("deepseek-v2")).router_bias == 0
+    assert p.moe_routed_active * 256 == p.moe_routed * 8
+    assert p.moe_shared == 58 * 3 * 7168 * 2048
+    assert p.dense_ffn == 3 * 3 * 7168 * 18432
+
+
+def test_tied_embeddings_count_once():
+    cfg = preset("tiny-v3")
+    tied = count_params(cfg.replace(tie_word_embeddings=True))
+    assert count_params(cfg).total - tied.total == cfg.vocab_size * cfg.hidden_size
+    assert tied.head == 0 and tied.active == tied.total - tied.embedding - tied.moe_routed + tied.moe_routed_active
+
+
+def test_count_params_allocates_nothing():
+    cfg = preset("deepseek-v3")
+    start = time.perf_counter()
+    for _ in range(100):
+        count_params(cfg)
+    assert time.perf_counter() - start < 0.1  # 671B parameters would take minutes to allocate
+
+
+def _real_count(cfg):
+    model_mod = pytest.importorskip("minimoe.model", reason="minimoe/model.py not written yet")
+    model = model_mod.Transformer(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    # The noaux_tc selection bias is a float32 buffer of the Router (docs/internals.md); count it as the
+    # checkpoint does. Other buffers (RoPE tables) are not parameters.
+    n_bias = sum(b.numel() for name, b in model.named_buffers() if name.endswith("gate.bias"))
+    return n_params, n_bias
+
+
+@pytest.mark.parametrize("name", TEACHING)
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": True}, {"attention_bias": True},
+                                       {"attention_type": "mha"}, {"attention_type": "mha", "attention_bias": True,
+                                                                   "num_key_value_heads": 2, "head_dim": 8}])
+def test_matches_real_module(name, overrides):
+    cfg = preset(name, **overrides)
+    n_params, n_bias = _real_count(cfg)
+    p = count_params(cfg)
+    assert n_bias == p.router_bias
+    assert n_params + n_bias == p.total
+
+
+def test_kv_cache_table_1():
+    v2, v3, lite = preset("deepseek-v2"), preset("deepseek-v3"), preset("deepseek-v2-lite")
+    assert kv_cache_per_token(v2) == 34_560
+    assert kv_cache_per_token(v3) == 35_136
+    assert kv_cache_bytes(v3) == 70_272  # BF16
+    assert kv_cache_per_token(lite, "mla") == 576 * 27 == 15_552  # V2 Table 9: 15.6K
+    assert kv_cache_per_token(lite, "mha") == 2 * 16 * 128 * 27 == 110_592  # V2 Table 9: 110.6K
+    assert kv_cache_per_token(v3, "mqa") == 2 * 128 * 61
+    assert kv_cache_per_token(v3, "gqa", n_groups=8) == 2 * 8 * 128 * 61
+    assert kv_cache_per_token(v3, "gqa") == kv_cache_per_token(v3, "mha")  # n_kv_heads defaults to n_h
+    assert kv_cache_per_token(v3, "mla_naive") // 61 == 40_960  # facts sheet §1.2
+    # MLA = GQA with 2.25 groups when d_c = 4 d_h and d^R_h = d_h / 2 (V2 §2.1.4)
+    assert 4 * kv_cache_per_token(v3, "mla") == kv_cache_per_token(v3, "gqa", n_groups=9)
+
+
+def test_kv_head_dim_override_and_baseline():
+    cfg = preset("tiny-v2", attention_type="mha", num_key_value_heads=2, head_dim=8)
+    assert kv_cache_per_token(cfg, "gqa") == 2 * 2 * 8 * 2
+    assert kv_cache_per_token(preset("tiny-v2"), "mha", head_dim=24) == 2 * 4 * 24 * 2
+
+
+def test_kv_bytes():
+    v2 = preset("deepseek-v2")
+    assert kv_cache_bytes(v2, n_tokens=1000, batch_size=2, bytes_per_element=0.75) == 34_560 * 2000 * 0.75
+    with pytest.raises(ValueError, match="bytes_per_element"):
+        kv_cache_bytes(v2, bytes_per_element=0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"attention": "flash"}, "attention"), ({"attention": "MLA"}, "attention"),
+    ({"attention": "mha", "n_groups": 2}, "n_groups"), ({"attention": "gqa", "n_groups": 0}, "n_groups"),
+])
+def test_kv_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kv_cache_per_token(preset("tiny-v3"), **kwargs)
+
+
+def test_attention_kinds_listed():
+    assert set(ATTENTION_KINDS) == {"mha", "gqa", "mqa", "mla", "mla_naive"}
+
+
+def test_flops_per_token():
+    v3 = preset("deepseek-v3")
+    p = count_params(v3)
+    attn = attention_flops_per_token(v3, 4096)
+    assert attn == 61 * 128 * (192 + 128) * 4097
+    assert attention_flops_per_token(v3, 4096, causal=False) == 2 * 61 * 128 * 320 * 4096
+    assert flops_per_token(v3, 4096) == 2 * p.matmul_active + attn
+    assert p.matmul_active == p.active - p.norms - p.router_bias
+    assert 2 * 36e9 < flops_per_token(v3, 4096) < 2 * 37e9 + 2 * attn  # ~2 × 37B active
+    with pytest.raises(ValueError, match="seq_len"):
+        flops_per_token(v3, 0)
+
+
+def test_training_cost_table_1():
+    rows = {r.stage: r for r in training_cost()}
+    assert [round(rows[s].usd / 1e6, 3) for s in ("pre-training", "context extension", "post-training", "total")] \
+        == [5.328, 0.238, 0.01, 5.576]
+    assert rows["total"].gpu_hours == 2_788_000
+    assert pretraining_gpu_hours() == 2_664_000 == rows["pre-training"].gpu_hours
+    assert round(wall_clock_days(), 1) == 3.7
+    assert training_cost({"x": 10}, usd_per_gpu_hour=3.0)[-1].usd == 30.0
+    with pytest.raises(ValueError, match="non-negative"):
+        training_cost({"x": -1})
+    with pytest.raises(ValueError, match="n_gpus"):
+        wall_clock_days(100, 0)

@@ -1,0 +1,25 @@
+"""The benchmark scripts run end to end with tiny settings (the full runs are `make bench`)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], check=False,
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_mla_decode_quick():
+    result = run_script("mla_decode.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    assert "MLA-absorbed holds (kv_lora_rank + qk_rope_head_dim) x layers" in result.stdout
+    assert "elements per token: OK" in result.stdout
+    assert "absorbed/naive" in result.stdout
