@@ -104,15 +104,22 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
              "max_position_embeddings",
              "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts",
              "num_experts_per_tok", "moe_intermediate_size", "rms_norm_eps"]
+    values = {name: _required(hf_config, name) for name in sizes}
+    first_dense = getattr(hf_config, "first_k_dense_replace", None) or 0
+    if first_dense >= values["num_hidden_layers"]:  # every layer dense: minimoe's dense form
+        values["n_routed_experts"], first_dense = 0, 0
+    elif values["n_routed_experts"] <= 0:
+        raise _unsupported("n_routed_experts", values["n_routed_experts"], "must be positive when "
+                           "first_k_dense_replace < num_hidden_layers (those layers are MoE)")
     return ModelConfig(
-        **{name: _required(hf_config, name) for name in sizes},
+        **values,
         q_lora_rank=getattr(hf_config, "q_lora_rank", None),
         rope_theta=rope_theta,
         rope_interleave=model_type == "deepseek_v2" or bool(getattr(hf_config, "rope_interleave", True)),
         rope_scaling=rope_scaling,
         attention_bias=bool(getattr(hf_config, "attention_bias", False)),
         n_shared_experts=getattr(hf_config, "n_shared_experts", None) or 0,
-        first_k_dense_replace=getattr(hf_config, "first_k_dense_replace", None) or 0,
+        first_k_dense_replace=first_dense,
         n_group=_required(hf_config, "n_group") if grouped else getattr(hf_config, "n_group", None) or 1,
         topk_group=_required(hf_config, "topk_group") if grouped else getattr(hf_config, "topk_group", None) or 1,
         topk_method=topk_method,
@@ -222,7 +229,7 @@ def hf_config_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
         first_k_dense_replace=cfg.first_k_dense_replace if cfg.is_moe else cfg.num_hidden_layers,
         n_group=cfg.n_group, topk_group=cfg.topk_group, topk_method=cfg.topk_method, scoring_func=cfg.scoring_func,
         norm_topk_prob=cfg.norm_topk_prob, routed_scaling_factor=cfg.routed_scaling_factor,
-        initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings,
+        aux_loss_alpha=cfg.aux_loss_alpha, seq_aux=cfg.seq_aux, initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings,
         pad_token_id=None, bos_token_id=None, eos_token_id=None)
     if model_type == "deepseek_v3":
         kwargs["rope_interleave"] = cfg.rope_interleave

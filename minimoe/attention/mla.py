@@ -116,7 +116,7 @@ class MultiHeadLatentAttention(nn.Module):
             k, v = full["k"], full["v"]  # (B, S, H, n+r), (B, S, H, v)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, T, H, n+r), Eq. (16): q_{t,i} = [q^C_{t,i}; q^R_{t,i}]
         scores = torch.einsum("bthd,bshd->bhts", q, k) * self.scale  # (B, H, T, S)
-        # Eq. (18): o_{t,i} = Σ_s softmax_s(q_{t,i}ᵀ k_{s,i} / sqrt(n + r)) v^C_{s,i}
+        # Eq. (18): o_{t,i} = Σ_s softmax_s(q_{t,i}ᵀ k_{s,i} · scale) v^C_{s,i}, scale = (n+r)^-½ (· mscale² for YaRN)
         return torch.einsum("bhts,bshv->bthv", masked_softmax(scores, allowed[:, None]), v)  # (B, T, H, v)
 
     def _absorbed(self, q_nope, q_rope, c_kv, k_rope, cache, allowed) -> torch.Tensor:
