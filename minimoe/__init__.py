@@ -33,7 +33,7 @@ from minimoe.config import ModelConfig
 from minimoe.generate import generate
 from minimoe.model import Transformer
 
-__all__ = ["ModelConfig", "Transformer", "generate", "count_params", "kv_cache_per_token", "interop"]
+__all__ = ["ModelConfig", "Transformer", "count_params", "generate", "interop", "kv_cache_per_token"]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from minimoe.norm import RMSNorm
 
 ATTN_MODES = ("naive", "absorbed")
 
-__all__ = ["MLP", "RMSNorm", "Block", "Transformer"]
+__all__ = ["MLP", "Block", "RMSNorm", "Transformer"]
 
 
 class Block(nn.Module):
@@ -110,7 +110,7 @@ class Transformer(nn.Module):
     def _check_inputs(self, tokens: torch.Tensor, cache: list[LayerCache] | None) -> None:
         cfg = self.cfg
         if not isinstance(tokens, torch.Tensor):
-            raise ValueError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+            raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
         if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise ValueError(f"tokens must be an integer tensor of token ids (e.g. torch.long), got {tokens.dtype}")
         if tokens.dim() != 2:

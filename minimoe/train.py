@@ -29,8 +29,13 @@ from tqdm.auto import tqdm
 
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer
-from minimoe.moe.balance import (expert_balance_loss, expert_load, max_violation, sequence_balance_loss,
-                                 update_selection_bias)
+from minimoe.moe.balance import (
+    expert_balance_loss,
+    expert_load,
+    max_violation,
+    sequence_balance_loss,
+    update_selection_bias,
+)
 from minimoe.moe.experts import DeepSeekMoE
 
 BALANCE_MODES = ("none", "aux", "aux_free", "both")
@@ -163,7 +168,7 @@ class History:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "History":
+    def from_dict(cls, d: dict[str, Any]) -> History:
         return cls(**d)
 
 

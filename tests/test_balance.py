@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.moe.balance import (communication_balance_loss, device_balance_loss, expert_balance_loss, expert_load,
-                                 max_violation, sequence_balance_loss, update_selection_bias)
+from minimoe.moe.balance import (
+    communication_balance_loss,
+    device_balance_loss,
+    expert_balance_loss,
+    expert_load,
+    max_violation,
+    sequence_balance_loss,
+    update_selection_bias,
+)
 from minimoe.moe.gate import Router
 
 # Two tokens, four experts, K = 2. Selection counts (2, 1, 0, 1); devices {0, 1} and {2, 3}.

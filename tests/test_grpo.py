@@ -39,8 +39,8 @@ def test_scale_variants_follow_trl_formulas():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(group_size=3), "group_size"),
-    (dict(group_size=4, scale="max"), "scale"),
+    ({"group_size": 3}, "group_size"),
+    ({"group_size": 4, "scale": "max"}, "scale"),
 ])
 def test_advantage_arguments_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -85,7 +85,7 @@ def _random_batch(seed, B=6, T=7, dtype=torch.float64):
 
 
 def test_loss_types_aggregate_as_documented():
-    logprobs, old, ref, advantages, mask = _random_batch(2)
+    logprobs, old, _, advantages, mask = _random_batch(2)
     per_token = clipped_surrogate(torch.exp(logprobs - old), advantages[:, None])
     m = mask.double()
     expected = {
@@ -105,20 +105,22 @@ def test_fully_masked_rows_and_stats_are_finite():
     loss, stats = grpo_loss(logprobs, old, advantages, mask, ref_logprobs=ref, beta=0.1)
     assert torch.isfinite(loss) and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert set(stats) == {"ratio", "clip_low", "clip_high", "clip_region", "kl"}
-    on_policy, stats = grpo_loss(logprobs, logprobs.detach(), advantages, mask)
+    _, stats = grpo_loss(logprobs, logprobs.detach(), advantages, mask)
     assert stats["ratio"] == pytest.approx(1.0) and stats["clip_region"] == 0.0 and "kl" not in stats
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(loss_type="ppo"), "loss_type"),
-    (dict(loss_type="dr_grpo"), "max_completion_length"),
-    (dict(beta=0.04), "ref_logprobs"),
-    (dict(beta=-1.0), "beta"),
+    ({"loss_type": "ppo"}, "loss_type"),
+    ({"loss_type": "dr_grpo"}, "max_completion_length"),
+    ({"beta": 0.04}, "ref_logprobs"),
+    ({"beta": -1.0}, "beta"),
+    ({"advantages": torch.zeros(6, 3)}, "advantages"),
 ])
 def test_loss_arguments_are_validated(kwargs, message):
     logprobs, old, _, advantages, mask = _random_batch(4)
+    arguments = {"advantages": advantages, **kwargs}
     with pytest.raises(ValueError, match=message):
-        grpo_loss(logprobs, old, advantages, mask, **kwargs)
+        grpo_loss(logprobs, old, mask=mask, **arguments)
 
 
 def test_on_policy_gradient_is_the_policy_gradient():
@@ -195,14 +197,15 @@ def trl_compute_loss():
     return GRPOTrainer._compute_loss
 
 
+@pytest.mark.slow  # importing TRL takes several seconds; each comparison itself takes milliseconds
 @pytest.mark.equivalence
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 @pytest.mark.parametrize("epsilon_high", [None, 0.28])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_loss_equals_trl(trl_compute_loss, loss_type, epsilon_high, beta):
     logprobs, old, ref, advantages, mask = _random_batch(seed=7)
-    settings = dict(loss_type=loss_type, beta=beta, epsilon_low=0.2, epsilon_high=epsilon_high,
-                    max_completion_length=12)
+    settings = {"loss_type": loss_type, "beta": beta, "epsilon_low": 0.2, "epsilon_high": epsilon_high,
+                "max_completion_length": 12}
     ours_logprobs = logprobs.clone().requires_grad_(True)
     ours, stats = grpo_loss(ours_logprobs, old, advantages, mask, ref_logprobs=ref, **settings)
     ours.backward()
@@ -214,7 +217,7 @@ def test_loss_equals_trl(trl_compute_loss, loss_type, epsilon_high, beta):
         "prompt_ids": torch.zeros(B, 0, dtype=torch.long), "prompt_mask": torch.zeros(B, 0, dtype=torch.long),
         "completion_ids": torch.zeros(B, T, dtype=torch.long), "completion_mask": mask,
         "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
-        "num_items_in_batch": mask.sum(),
+        "num_items_in_batch": mask.sum(),  # as _generate_and_score_completions counts it: the batch's active tokens
     }
     theirs = trl_compute_loss(stand_in, None, inputs)
     theirs.backward()

@@ -50,7 +50,7 @@ def hf_model(case: str):
     model = getattr(transformers, f"Deepseek{version}ForCausalLM")(config).eval()
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
-            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            if name.endswith("norm.weight"):
                 tensor.copy_(1 + 0.2 * torch.randn_like(tensor))
             elif name.endswith("e_score_correction_bias"):
                 tensor.copy_(0.05 * torch.randn_like(tensor))

@@ -61,7 +61,7 @@ def test_group_limited_matches_brute_force():
 def test_bias_changes_selection_but_not_gate_values():
     torch.manual_seed(2)
     scores = affinity_scores(torch.randn(4, 8), "sigmoid")
-    plain_w, plain_i = route(scores, 2, topk_method="noaux_tc")
+    _, plain_i = route(scores, 2, topk_method="noaux_tc")
     bias = torch.zeros(8)
     weakest = scores.mean(0).argmin()
     bias[weakest] = 10.0

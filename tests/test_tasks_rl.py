@@ -119,6 +119,7 @@ def test_templates():
 def test_parse_completion_edge_cases(completion, think, answer, well_formed):
     parsed = parse_completion(completion)
     assert (parsed.think, parsed.answer, parsed.well_formed) == (think, answer, well_formed)
+    assert extract_answer(completion) == answer
 
 
 GARBAGE = ["", "<answer>", "</answer><answer>", "<answer>9" * 100, "<answer>" + "9" * 10_000 + "</answer>",

@@ -1,3 +1,4 @@
+import itertools
 import math
 import os
 
@@ -8,8 +9,18 @@ from minimoe.config import ModelConfig
 from minimoe.model import Transformer
 from minimoe.moe.balance import max_violation
 from minimoe.tasks import MarkovGrammar
-from minimoe.train import (History, TrainConfig, balance_loss, load_checkpoint, lr_at, make_optimizer, moe_layers,
-                           resolve_balancing, save_checkpoint, train)
+from minimoe.train import (
+    History,
+    TrainConfig,
+    balance_loss,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    moe_layers,
+    resolve_balancing,
+    save_checkpoint,
+    train,
+)
 
 TASK = MarkovGrammar()  # 64 tokens in 4 clusters
 
@@ -128,8 +139,8 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
     lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert lrs[-1] == pytest.approx(1e-4)
 
 

@@ -5,6 +5,6 @@ from minimoe.rl.grpo import (LOSS_TYPES, SCALES, clipped_surrogate, group_advant
 from minimoe.rl.rewards import CombinedReward, accuracy_reward, combine_rewards, format_reward
 
 __all__ = [
-    "CombinedReward", "LOSS_TYPES", "SCALES", "accuracy_reward", "clipped_surrogate", "combine_rewards",
+    "LOSS_TYPES", "SCALES", "CombinedReward", "accuracy_reward", "clipped_surrogate", "combine_rewards",
     "format_reward", "group_advantages", "grpo_loss", "kl_k3", "reinforce_baseline_loss", "reinforce_loss",
 ]

@@ -121,8 +121,9 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     mask = mask.to(logprobs.dtype)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (B, 1): one advantage for every token of a completion
-    if advantages.shape[0] != mask.shape[0] or advantages.dim() != 2:
-        raise ValueError(f"advantages must be (B,) or (B, T) with B = {mask.shape[0]}; got {tuple(advantages.shape)}")
+    B, T = mask.shape
+    if advantages.dim() != 2 or advantages.shape[0] != B or advantages.shape[1] not in (1, T):
+        raise ValueError(f"advantages must be (B,) or (B, T) with (B, T) = {(B, T)}; got {tuple(advantages.shape)}")
 
     ratio = torch.exp(logprobs - old_logprobs)  # ρ_{i,t} = π_θ / π_old, (B, T)
     per_token_loss = clipped_surrogate(ratio, advantages, epsilon_low, epsilon_high)  # (B, T)
@@ -134,7 +135,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     if loss_type == "grpo":
         loss = (masked_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
     elif loss_type == "dr_grpo":
-        loss = masked_loss.sum() / (mask.shape[0] * max_completion_length)
+        loss = masked_loss.sum() / (B * max_completion_length)
     else:  # "bnpo" and "dapo"
         loss = masked_loss.sum() / mask.sum().clamp(min=1.0)
 

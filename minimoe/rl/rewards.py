@@ -57,7 +57,7 @@ class CombinedReward:
             raise ValueError("terms must hold at least one (reward_fn, weight) pair")
         for fn, weight in terms:
             if not callable(fn):
-                raise ValueError(f"each term must be (callable, weight); got {fn!r} as the reward function")
+                raise TypeError(f"each term must be (callable, weight); got {fn!r} as the reward function")
             if not math.isfinite(weight):
                 raise ValueError(f"weights must be finite numbers; got {weight!r} for {fn!r}")
         self.terms = [(fn, float(weight)) for fn, weight in terms]
