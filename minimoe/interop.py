@@ -1,15 +1,16 @@
 """Hugging Face interop: transformers' DeepseekV2/V3ForCausalLM into a ``minimoe.Transformer``, and back.
 
-minimoe keeps the parameter layouts of DeepSeek-V3's ``inference/model.py``, which are also transformers' (facts
-sheet §1.1, "Code ↔ paper names"), so importing renames tensors and unpacks transformers' 3-D expert stacks
-``gate_up_proj`` / ``down_proj`` (facts sheet §2.4) into one SwiGLU per expert. Nothing is permuted: the RoPE pair
-layout is a config flag (``rope_interleave``) that both implementations honour.
+minimoe keeps the parameter layouts of DeepSeek-V3's ``inference/model.py``, which are also those of
+transformers (facts sheet §1.1, "Code ↔ paper names"), so importing renames tensors and unpacks the 3-D
+expert stacks ``gate_up_proj`` / ``down_proj`` (facts sheet §2.4) into one SwiGLU per expert. Nothing is
+permuted: the RoPE pair layout is a config flag (``rope_interleave``) that both implementations honour.
 
 Semantics follow the transformers classes, which fix some choices DeepSeek's own configs leave open:
-``DeepseekV2ForCausalLM`` always rotates interleaved pairs, scores with a softmax and never renormalises the top-k
-weights; ``DeepseekV3ForCausalLM`` always routes with sigmoid scores and ``noaux_tc``; both put an MoE in every
-layer from ``first_k_dense_replace`` on (``moe_layer_freq`` is not read). A config outside what both sides
-represent raises ``ValueError`` naming the field and its value. transformers is imported only inside functions.
+``DeepseekV2ForCausalLM`` always rotates interleaved pairs, scores with a softmax and never renormalises
+the top-k weights; ``DeepseekV3ForCausalLM`` always routes with sigmoid scores and ``noaux_tc``; both put
+an MoE in every layer from ``first_k_dense_replace`` on (``moe_layer_freq`` is not read). A config outside
+what both sides represent raises ``ValueError`` naming the field and its value. transformers is imported
+only inside the functions, so ``import minimoe`` works without it.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ import torch
 
 from minimoe.config import ModelConfig
 
-# transformers name -> minimoe name, one dotted component at a time (facts sheet §1.1; SwiGLU w2(silu(w1 x) * w3 x))
+# transformers name -> minimoe name, one dotted component at a time (facts sheet §1.1).
+# SwiGLU: w2(silu(w1 x) * w3 x), w1 = gate_proj, w3 = up_proj, w2 = down_proj.
 _NAMES = {"embed_tokens": "embed", "lm_head": "head", "input_layernorm": "attn_norm",
           "post_attention_layernorm": "ffn_norm", "self_attn": "attn", "mlp": "ffn",
           "q_proj": "wq", "q_a_proj": "wq_a", "q_a_layernorm": "q_norm", "q_b_proj": "wq_b",
           "kv_a_proj_with_mqa": "wkv_a", "kv_a_layernorm": "kv_norm", "kv_b_proj": "wkv_b", "o_proj": "wo",
           "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3", "e_score_correction_bias": "bias"}
-_HF_NAMES = {ours: theirs for theirs, ours in _NAMES.items() if ours != "bias"}  # "bias" is ambiguous: see below
+# "bias" also names attention biases, so state_dict_to_hf maps the router's bias by its full key
+_HF_NAMES = {ours: theirs for theirs, ours in _NAMES.items() if ours != "bias"}
 # model_type -> (the topk_methods its router implements, its scoring function)
 _ROUTING = {"deepseek_v2": (("greedy", "group_limited_greedy"), "softmax"),
             "deepseek_v3": (("noaux_tc",), "sigmoid")}
-_YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-              "attention_factor", "truncate")
+_YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+              "mscale_all_dim", "attention_factor", "truncate")
 
 
 def _unsupported(field: str, value: Any, rule: str) -> ValueError:
@@ -51,7 +54,8 @@ def _rope_from_hf(hf_config: Any) -> tuple[float, dict[str, Any] | None]:
     YaRN keys pass through unchanged: ``minimoe.attention.rope`` reads them as transformers'
     ``_compute_yarn_parameters`` and ``yarn_apply_mscale`` do.
     """
-    params = dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None)
+    params = dict(params or {})
     theta = params.pop("rope_theta", None) or getattr(hf_config, "rope_theta", None) or 10000.0
     kind = params.pop("rope_type", None) or params.get("type") or "default"
     params.pop("type", None)
@@ -61,25 +65,29 @@ def _rope_from_hf(hf_config: Any) -> tuple[float, dict[str, Any] | None]:
         raise _unsupported("rope_parameters rope_type", kind, "must be 'default' or 'yarn'")
     partial = params.pop("partial_rotary_factor", 1.0)
     if partial != 1.0:
-        raise _unsupported("rope_parameters partial_rotary_factor", partial, "must be 1.0 (MLA rotates all d_r)")
+        raise _unsupported("rope_parameters partial_rotary_factor", partial,
+                           "must be 1.0 (MLA rotates all d_r dims)")
     unknown = sorted(set(params) - set(_YARN_KEYS))
     if unknown:
-        raise _unsupported(f"rope_parameters {unknown[0]}", params[unknown[0]], "is not a YaRN setting minimoe reads")
+        raise _unsupported(f"rope_parameters {unknown[0]}", params[unknown[0]],
+                           "is not a YaRN setting minimoe reads")
     scaling = {"type": "yarn", **{k: v for k, v in params.items() if v is not None}}
     if "original_max_position_embeddings" not in scaling:
         raise _unsupported("rope_parameters original_max_position_embeddings", None, "is needed by YaRN")
     # transformers' rule when factor is unset: the extended context over the original one
-    scaling.setdefault("factor", hf_config.max_position_embeddings / scaling["original_max_position_embeddings"])
+    original = scaling["original_max_position_embeddings"]
+    scaling.setdefault("factor", hf_config.max_position_embeddings / original)
     return float(theta), scaling
 
 
 def config_from_hf(hf_config: Any) -> ModelConfig:
     """The ``ModelConfig`` that behaves like a transformers ``DeepseekV2Config`` or ``DeepseekV3Config``.
 
-    Raises ``ValueError`` naming the field for what the converter cannot represent: another ``model_type``, a
-    ``topk_method`` or ``scoring_func`` the class does not implement, ``moe_layer_freq`` other than 1, a RoPE type
-    other than default/YaRN, MLP biases, an activation other than SiLU, a missing size. The V3 selection bias
-    ``e_score_correction_bias`` is a weight, not a config field: ``from_hf`` copies it.
+    Raises ``ValueError`` naming the field for what the converter cannot represent: another
+    ``model_type``, a ``topk_method`` or ``scoring_func`` the class does not implement, ``moe_layer_freq``
+    other than 1, a RoPE type other than default/YaRN, MLP biases, an activation other than SiLU, a missing
+    size. The V3 selection bias ``e_score_correction_bias`` is a weight, not a config field: ``from_hf``
+    copies it.
     """
     model_type = getattr(hf_config, "model_type", None)
     if model_type not in _ROUTING:
@@ -96,8 +104,9 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
         if value is not None and value != expected:
             raise _unsupported(name, value, f"must be {expected!r}")
     if model_type == "deepseek_v2" and getattr(hf_config, "norm_topk_prob", False):
-        raise _unsupported("norm_topk_prob", True, "is ignored by transformers' DeepseekV2TopkRouter; set False")
-    # num_key_value_heads is not read: MLA expands its latent to num_attention_heads keys, as transformers does
+        raise _unsupported("norm_topk_prob", True,
+                           "is ignored by transformers' DeepseekV2TopkRouter; set it to False")
+    # num_key_value_heads is not read: MLA expands its latent to num_attention_heads keys (so does HF)
     sizes = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "max_position_embeddings", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
              "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", "rms_norm_eps",
@@ -109,7 +118,8 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
     elif values["n_routed_experts"] <= 0:
         raise _unsupported("n_routed_experts", values["n_routed_experts"],
                            "must be positive when first_k_dense_replace < num_hidden_layers")
-    groups = {name: _required(hf_config, name) if topk_method != "greedy" else getattr(hf_config, name, None) or 1
+    grouped = topk_method != "greedy"
+    groups = {name: _required(hf_config, name) if grouped else getattr(hf_config, name, None) or 1
               for name in ("n_group", "topk_group")}
     rope_theta, rope_scaling = _rope_from_hf(hf_config)
     return ModelConfig(
@@ -132,8 +142,8 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
 def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """transformers' DeepSeek-V2/V3 state dict under minimoe's names, routed experts one module each.
 
-    Per-expert modules (transformers 4.x) are renamed; 3-D stacks (5.x) are unpacked. Zero-width shared experts
-    (transformers builds them when n_shared_experts = 0) are dropped.
+    Per-expert modules (transformers 4.x) are renamed; 3-D stacks (5.x) are unpacked. Zero-width shared
+    experts (transformers builds them when n_shared_experts = 0) are dropped.
 
     Shapes:
         ``experts.gate_up_proj`` (E, 2·I, D), gate rows first → per expert ``w1`` (I, D), ``w3`` (I, D);
@@ -159,7 +169,8 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     """The inverse of ``state_dict_from_hf``, packing routed experts into transformers 5's 3-D stacks.
 
     Shapes:
-        per expert ``w1``, ``w3`` (I, D) and ``w2`` (D, I) → ``gate_up_proj`` (E, 2·I, D), ``down_proj`` (E, D, I).
+        per expert ``w1``, ``w3`` (I, D) and ``w2`` (D, I)
+        → ``gate_up_proj`` (E, 2·I, D) and ``down_proj`` (E, D, I).
     """
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -171,7 +182,8 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
         out[hf if hf == "lm_head.weight" else f"model.{hf}"] = tensor
     for i in range(cfg.num_hidden_layers):
         if cfg.is_moe_layer(i):
-            w1, w2, w3 = ([state[f"layers.{i}.ffn.experts.{e}.{w}.weight"] for e in range(cfg.n_routed_experts)]
+            experts = range(cfg.n_routed_experts)
+            w1, w2, w3 = ([state[f"layers.{i}.ffn.experts.{e}.{w}.weight"] for e in experts]
                           for w in ("w1", "w2", "w3"))
             stacks = f"model.layers.{i}.mlp.experts"
             out[f"{stacks}.gate_up_proj"] = torch.cat([torch.stack(w1), torch.stack(w3)], dim=1)  # (E, 2I, D)
@@ -182,8 +194,8 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
 def from_hf(hf_model: Any, attn_mode: str = "naive") -> torch.nn.Module:
     """A ``minimoe.Transformer`` with the config and a copy of the weights of a DeepseekV2/V3ForCausalLM.
 
-    The copy is float32 whatever the checkpoint's dtype (the router bias is float32 on both sides); the returned
-    model is in the same train/eval mode as ``hf_model``.
+    The copy is float32 whatever the checkpoint's dtype (the router bias is float32 on both sides); the
+    returned model is in the same train/eval mode as ``hf_model``.
     """
     from minimoe.model import Transformer
 
@@ -199,26 +211,29 @@ def from_hf(hf_model: Any, attn_mode: str = "naive") -> torch.nn.Module:
 def hf_config_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     """(model_type, keyword arguments) of the transformers config that behaves like ``cfg``.
 
-    Softmax with greedy or group-limited routing maps to ``DeepseekV2Config`` (interleaved RoPE, no renormalising),
-    sigmoid with ``noaux_tc`` to ``DeepseekV3Config``; anything else raises ``ValueError``. Token ids are unset, so
-    ``generate`` stops only at ``max_new_tokens`` unless given an ``eos_token_id``.
+    Softmax with greedy or group-limited routing maps to ``DeepseekV2Config`` (interleaved RoPE, no
+    renormalising), sigmoid with ``noaux_tc`` to ``DeepseekV3Config``; anything else raises ``ValueError``.
+    Token ids are unset, so ``generate`` stops only at ``max_new_tokens`` unless given an ``eos_token_id``.
     """
     if cfg.attention_type != "mla":
         raise ValueError(f"attention_type ({cfg.attention_type!r}) must be 'mla' to export to transformers")
     if cfg.moe_layer_freq != 1:
-        raise ValueError(f"moe_layer_freq ({cfg.moe_layer_freq}) must be 1: transformers puts an MoE in every "
-                         "layer from first_k_dense_replace on")
+        raise ValueError(f"moe_layer_freq ({cfg.moe_layer_freq}) must be 1: transformers puts an MoE in "
+                         "every layer from first_k_dense_replace on")
     model_type = next((kind for kind, (methods, scoring) in _ROUTING.items()
                        if cfg.topk_method in methods and cfg.scoring_func == scoring), None)
     if model_type is None:
-        raise ValueError(f"topk_method ({cfg.topk_method!r}) with scoring_func ({cfg.scoring_func!r}) has no "
-                         "transformers class: V2 is softmax + greedy/group_limited_greedy, V3 sigmoid + noaux_tc")
+        raise ValueError(f"topk_method ({cfg.topk_method!r}) with scoring_func ({cfg.scoring_func!r}) has "
+                         "no transformers class: V2 is softmax + greedy/group_limited_greedy, "
+                         "V3 sigmoid + noaux_tc")
     if model_type == "deepseek_v2" and (cfg.norm_topk_prob or not cfg.rope_interleave):
-        raise ValueError(f"norm_topk_prob ({cfg.norm_topk_prob}) and rope_interleave ({cfg.rope_interleave}) must "
-                         "be False and True: transformers' DeepSeek-V2 never renormalises and rotates interleaved")
+        raise ValueError(f"norm_topk_prob ({cfg.norm_topk_prob}) and rope_interleave "
+                         f"({cfg.rope_interleave}) must be False and True: transformers' DeepSeek-V2 never "
+                         "renormalises and always rotates interleaved pairs")
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling is not None and cfg.rope_scaling.get("type", cfg.rope_scaling.get("rope_type")) == "yarn":
-        rope.update({k: cfg.rope_scaling[k] for k in _YARN_KEYS if k in cfg.rope_scaling}, rope_type="yarn")
+    scaling = cfg.rope_scaling or {}
+    if scaling.get("type", scaling.get("rope_type")) == "yarn":
+        rope.update({k: scaling[k] for k in _YARN_KEYS if k in scaling}, rope_type="yarn")
     kwargs = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
@@ -231,7 +246,8 @@ def hf_config_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
         first_k_dense_replace=cfg.first_k_dense_replace if cfg.is_moe else cfg.num_hidden_layers,
         n_group=cfg.n_group, topk_group=cfg.topk_group, topk_method=cfg.topk_method,
         scoring_func=cfg.scoring_func, norm_topk_prob=cfg.norm_topk_prob,
-        routed_scaling_factor=cfg.routed_scaling_factor, aux_loss_alpha=cfg.aux_loss_alpha, seq_aux=cfg.seq_aux,
+        routed_scaling_factor=cfg.routed_scaling_factor, aux_loss_alpha=cfg.aux_loss_alpha,
+        seq_aux=cfg.seq_aux,
         initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings,
         pad_token_id=None, bos_token_id=None, eos_token_id=None)
     if model_type == "deepseek_v3":
@@ -242,14 +258,15 @@ def hf_config_kwargs(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
 def to_hf(model: torch.nn.Module) -> Any:
     """A transformers DeepseekV2/V3ForCausalLM with the config and a copy of the weights of ``model``.
 
-    ``model`` is a ``minimoe.Transformer``; what its config cannot express in transformers raises ``ValueError``
-    (see ``hf_config_kwargs``). The result is in ``model``'s train/eval mode.
+    ``model`` is a ``minimoe.Transformer``; what its config cannot express in transformers raises
+    ``ValueError`` (see ``hf_config_kwargs``). The result is in ``model``'s train/eval mode.
     """
     import transformers
 
     model_type, kwargs = hf_config_kwargs(model.cfg)
     prefix = {"deepseek_v2": "DeepseekV2", "deepseek_v3": "DeepseekV3"}[model_type]
-    hf_model = getattr(transformers, f"{prefix}ForCausalLM")(getattr(transformers, f"{prefix}Config")(**kwargs))
+    hf_config = getattr(transformers, f"{prefix}Config")(**kwargs)
+    hf_model = getattr(transformers, f"{prefix}ForCausalLM")(hf_config)
     state = state_dict_to_hf(model.state_dict(), model.cfg)
     for key, tensor in hf_model.state_dict().items():
         if key not in state and tensor.numel() == 0:  # zero-width shared experts when n_shared_experts = 0

@@ -159,7 +159,7 @@ def plot_cache_per_token_bars(cfg: ModelConfig, n_groups: int = 8, ax: Axes | No
     ax.bar_label(bars, labels=[f"{v:,}\n({v / per_layer['MLA']:.2f}× MLA)" for v in per_layer.values()],
                  fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylim(top=max(per_layer.values()) * 8)
+    ax.set_ylim(min(per_layer.values()) / 4, max(per_layer.values()) * 8)
     ax.set_ylabel("cached elements per token per layer")
     ax.set_title(f"{cfg.name}: n_h {cfg.num_attention_heads}, d_h {cfg.head_dim or cfg.qk_nope_head_dim}, "
                  f"d_c {cfg.kv_lora_rank}, d_r {cfg.qk_rope_head_dim}")

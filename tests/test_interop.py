@@ -1,4 +1,4 @@
-"""minimoe.interop against transformers' DeepseekV2/V3ForCausalLM on small random configs (fp32, eval mode)."""
+"""minimoe.interop against transformers' DeepseekV2/V3ForCausalLM: small random configs, fp32, eval mode."""
 
 import functools
 import subprocess
@@ -15,11 +15,11 @@ pytestmark = pytest.mark.equivalence
 transformers = pytest.importorskip("transformers")
 
 SMALL = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_attention_heads=4, kv_lora_rank=32,
-             qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=8, num_experts_per_tok=2,
-             moe_intermediate_size=24, max_position_embeddings=128, pad_token_id=None, bos_token_id=None,
+             qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=8,
+             num_experts_per_tok=2, moe_intermediate_size=24, max_position_embeddings=128, pad_token_id=None, bos_token_id=None,
              eos_token_id=None)
-# V2/V2-Lite hub style (mscale == mscale_all_dim) and one with mscale != mscale_all_dim, so that the cos/sin factor
-# mscale(s, mscale) / mscale(s, mscale_all_dim) is not 1 and the softmax scale is not qk_head_dim^-1/2.
+# V2/V2-Lite hub style (mscale == mscale_all_dim) and one with mscale != mscale_all_dim, so that the
+# cos/sin factor mscale(s, mscale) / mscale(s, mscale_all_dim) is not 1 either.
 YARN_V2 = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32,
            "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
 YARN_SKEWED = {**YARN_V2, "rope_theta": 5000.0, "mscale": 1.0, "mscale_all_dim": 0.5}
@@ -95,8 +95,8 @@ def test_config_round_trips_and_selection_bias_is_copied(case):
     for i, layer in enumerate(ours.layers):
         assert cfg.is_moe_layer(i) == (i >= overrides["first_k_dense_replace"])
         if version == "V3" and cfg.is_moe_layer(i):
-            torch.testing.assert_close(layer.ffn.gate.bias, hf.model.layers[i].mlp.gate.e_score_correction_bias,
-                                       rtol=0, atol=0)
+            theirs = hf.model.layers[i].mlp.gate.e_score_correction_bias
+            torch.testing.assert_close(layer.ffn.gate.bias, theirs, rtol=0, atol=0)
             assert layer.ffn.gate.bias.abs().max() > 0
 
 
@@ -127,7 +127,8 @@ def test_hf_to_minimoe_to_hf_is_exact():
                                               ("tiny-v2", "DeepseekV2ForCausalLM"),
                                               ("tiny-v3", "DeepseekV3ForCausalLM")])
 def test_minimoe_to_hf_keeps_config_and_logits(preset, hf_class):
-    cfg = ModelConfig.from_preset(preset, bias_update_speed=0.0)  # a training setting transformers has no field for
+    # bias_update_speed is a training setting transformers has no field for
+    cfg = ModelConfig.from_preset(preset, bias_update_speed=0.0)
     torch.manual_seed(0)
     ours = minimoe.Transformer(cfg).eval()
     for layer in ours.layers:

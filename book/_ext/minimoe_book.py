@@ -4,8 +4,8 @@
   `repository.url` and fails the build when a launch service is configured but the URL is empty; so while the
   URL is empty the launch buttons are dropped, and they appear as soon as `repository.url` is set.
 - Each script once per page. sphinx-thebe registers its inline configuration script (`const THEBE_JS_URL = …`)
-  every time the environment is read, and Jupyter Book reads it twice, so every page declared the constant twice
-  and the browser logged a SyntaxError.
+  once with filename None and once with "" (Sphinx restores one of them from the pickled environment),
+  so every page declared the constant twice and the browser logged a SyntaxError.
 """
 
 from sphinx.application import Sphinx
@@ -20,8 +20,16 @@ def drop_launch_buttons_without_repository(app: Sphinx, config: Config) -> None:
 
 def deduplicate_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
     scripts = context.get("script_files")
-    if isinstance(scripts, list):
-        scripts[:] = list(dict.fromkeys(scripts))
+    if not isinstance(scripts, list):
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        # An inline script is registered once with filename None and once with "": the same script.
+        key = (script.filename or "", script.priority, tuple(sorted(script.attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique
 
 
 def setup(app: Sphinx) -> dict:
