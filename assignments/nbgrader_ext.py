@@ -4,8 +4,8 @@
   characters, while the cell runs. nbgrader's ``LimitOutput`` only trims afterwards, so a flood of output would first
   be held in the grader's memory in full.
 - ``ScrubGradebook``: after ``OverwriteCells`` has restored the test cells (hidden tests included) from the
-  gradebook, blank every cell source in that gradebook, so the student code that runs next cannot read the hidden
-  tests from ``gradebook.db``. Destructive by design: ``grade.py`` enables it only for the throw-away copy of the
+  gradebook, blank the cell sources of this notebook (and of every other assignment) in that gradebook, so the
+  student code that runs next cannot read the hidden tests from ``gradebook.db``. Destructive by design: ``grade.py`` enables it only for the throw-away copy of the
   gradebook it grades each student against; it refuses to run unless ``NBGRADER_SCRUB_OK`` names that very file.
 - ``SanitizeHiddenOutputs``: for feedback, in every cell that holds hidden tests, replace the outputs by one error
   line without traceback. A failing hidden assert's traceback would otherwise print the hidden line (and its
@@ -31,19 +31,22 @@ class BoundedExecute(Execute):
 
     max_output_chars = Integer(20_000, help="characters of output kept per cell").tag(config=True)
 
+    def preprocess(self, nb, resources=None, km=None):
+        self._kept_chars: dict[int, int] = {}
+        return super().preprocess(nb, resources, km=km)
+
     def output(self, outs, msg, display_id, cell_index):
-        kept = self._kept_chars.get(cell_index, 0) if hasattr(self, "_kept_chars") else 0
-        self._kept_chars = getattr(self, "_kept_chars", {})
+        kept = self._kept_chars.get(cell_index, 0)
         size = len(str(msg.get("content", "")))
-        if msg["msg_type"] != "error" and kept + size > self.max_output_chars:
-            if kept <= self.max_output_chars:
-                outs.append(NotebookNode(output_type="stream", name="stderr",
-                                         text=f"\n... output truncated by the grader after "
-                                              f"{self.max_output_chars} characters ...\n"))
-                self._kept_chars[cell_index] = self.max_output_chars + 1
-            return None
-        self._kept_chars[cell_index] = kept + size
-        return super().output(outs, msg, display_id, cell_index)
+        if msg["msg_type"] == "error" or kept + size <= self.max_output_chars:
+            self._kept_chars[cell_index] = kept + size
+            return super().output(outs, msg, display_id, cell_index)
+        if kept <= self.max_output_chars:  # first message over the limit: say so once
+            outs.append(NotebookNode(output_type="stream", name="stderr",
+                                     text=f"\n... output truncated by the grader after {self.max_output_chars} "
+                                          "characters ...\n"))
+            self._kept_chars[cell_index] = self.max_output_chars + 1
+        return None
 
 
 class ScrubGradebook(NbGraderPreprocessor):
@@ -56,8 +59,11 @@ class ScrubGradebook(NbGraderPreprocessor):
         if not path or path != os.path.realpath(os.environ.get("NBGRADER_SCRUB_OK", "/nonexistent")):
             raise RuntimeError("ScrubGradebook only runs on the gradebook copy that grade.py names in "
                                "NBGRADER_SCRUB_OK; refusing to touch " + repr(self.db_path))
-        with sqlite3.connect(path) as db:
-            db.execute("UPDATE source_cell SET source = '', checksum = ''")
+        notebook, assignment = resources["nbgrader"]["notebook"], resources["nbgrader"]["assignment"]
+        with sqlite3.connect(path) as db:  # this notebook, and every notebook of the other assignments
+            db.execute("UPDATE source_cell SET source = '', checksum = '' WHERE notebook_id IN ("
+                       "SELECT notebook.id FROM notebook JOIN assignment ON notebook.assignment_id = assignment.id "
+                       "WHERE assignment.name != ? OR notebook.name = ?)", (assignment, notebook))
         return nb, resources
 
 

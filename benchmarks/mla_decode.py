@@ -97,6 +97,10 @@ def cache_size_report(model: minimoe.Transformer) -> None:
 
 # ----------------------------------------------------------------------------------------- (b) decode time
 def prefill_minimoe(model: minimoe.Transformer, mode: str, tokens: torch.Tensor, chunk: int) -> list[LayerCache]:
+    """Fill a fresh minimoe cache in ``mode``, ``chunk`` positions per call.
+
+    Shapes: tokens (1, S); returns one LayerCache per layer holding S positions.
+    """
     model.set_attn_mode(mode)
     caches = model.new_cache()
     for start in range(0, tokens.shape[1], chunk):
@@ -105,6 +109,10 @@ def prefill_minimoe(model: minimoe.Transformer, mode: str, tokens: torch.Tensor,
 
 
 def prefill_hf(hf_model: DeepseekV3ForCausalLM, tokens: torch.Tensor, chunk: int) -> DynamicCache:
+    """Fill a transformers cache the same way (it holds the normalised latent and the rotated shared key).
+
+    Shapes: tokens (1, S); per layer keys (1, 1, S, d_c) and values (1, 1, S, d_r).
+    """
     cache = DynamicCache(config=hf_model.config)
     for start in range(0, tokens.shape[1], chunk):
         hf_model(input_ids=tokens[:, start:start + chunk], past_key_values=cache, use_cache=True)
@@ -112,7 +120,10 @@ def prefill_hf(hf_model: DeepseekV3ForCausalLM, tokens: torch.Tensor, chunk: int
 
 
 def cut_minimoe(caches: list[LayerCache], length: int, batch_size: int) -> list[LayerCache]:
-    """The first ``length`` positions of a batch-1 cache, repeated over ``batch_size`` rows."""
+    """The first ``length`` positions of a batch-1 cache, repeated over ``batch_size`` rows.
+
+    Shapes: each tensor (1, S, ...) -> (B, length, ...).
+    """
     out = []
     for cache in caches:
         new = LayerCache()
@@ -123,6 +134,7 @@ def cut_minimoe(caches: list[LayerCache], length: int, batch_size: int) -> list[
 
 
 def cut_hf(cache: DynamicCache, config: DeepseekV3Config, length: int, batch_size: int) -> DynamicCache:
+    """``cut_minimoe`` for a transformers cache. Shapes: (1, 1, S, ·) -> (B, 1, length, ·)."""
     new = DynamicCache(config=config)
     for idx, layer in enumerate(cache.layers):
         keys, values = layer.keys[:, :, :length], layer.values[:, :, :length]  # (1, 1, S, d_c), (1, 1, S, d_r)
@@ -142,8 +154,9 @@ def decode_time_report(settings: Settings, model: minimoe.Transformer, hf_model:
     full = {"naive": prefill_minimoe(model, "naive", prompt, settings.prefill_chunk),
             "absorbed": prefill_minimoe(model, "absorbed", prompt, settings.prefill_chunk),
             "transformers": prefill_hf(hf_model, prompt, settings.prefill_chunk)}
-    print(f"\n(b) decode time per token, batch {settings.batch_size}, {settings.threads} thread(s); "
-          f"prefill of {max_len} positions x 3 implementations took {time.perf_counter() - t0:.1f} s")
+    print(f"\n(b) decode time per token, batch {settings.batch_size}, {settings.threads} thread(s), transformers "
+          f"attention {hf_model.config._attn_implementation!r}; prefill of {max_len} positions x 3 implementations "
+          f"took {time.perf_counter() - t0:.1f} s")
 
     def step_fn(name: str, caches, token: torch.Tensor) -> torch.Tensor:
         if name == "transformers":

@@ -3,6 +3,7 @@
 import functools
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -16,8 +17,8 @@ transformers = pytest.importorskip("transformers")
 
 SMALL = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_attention_heads=4, kv_lora_rank=32,
              qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=8,
-             num_experts_per_tok=2, moe_intermediate_size=24, max_position_embeddings=128, pad_token_id=None, bos_token_id=None,
-             eos_token_id=None)
+             num_experts_per_tok=2, moe_intermediate_size=24, max_position_embeddings=128,
+             pad_token_id=None, bos_token_id=None, eos_token_id=None)
 # V2/V2-Lite hub style (mscale == mscale_all_dim) and one with mscale != mscale_all_dim, so that the
 # cos/sin factor mscale(s, mscale) / mscale(s, mscale_all_dim) is not 1 either.
 YARN_V2 = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32,
@@ -26,7 +27,8 @@ YARN_SKEWED = {**YARN_V2, "rope_theta": 5000.0, "mscale": 1.0, "mscale_all_dim":
 
 CASES = {
     "v2-softmax-greedy": ("V2", dict(num_hidden_layers=2, q_lora_rank=48, topk_method="greedy",
-                                     first_k_dense_replace=1, n_shared_experts=2, routed_scaling_factor=1.0)),
+                                     first_k_dense_replace=1, n_shared_experts=2, routed_scaling_factor=1.0,
+                                     tie_word_embeddings=True)),
     "v2-group-limited-qnone-yarn": ("V2", dict(num_hidden_layers=3, q_lora_rank=None,
                                                topk_method="group_limited_greedy", n_group=4, topk_group=2,
                                                first_k_dense_replace=0, n_shared_experts=1,
@@ -37,7 +39,7 @@ CASES = {
                                             attention_bias=True)),
     "v3-noaux-rotate-half": ("V3", dict(num_hidden_layers=2, q_lora_rank=None, n_group=2, topk_group=1,
                                         first_k_dense_replace=0, n_shared_experts=0, rope_interleave=False,
-                                        routed_scaling_factor=1.5)),
+                                        norm_topk_prob=False, routed_scaling_factor=1.5)),
 }
 
 
@@ -80,6 +82,16 @@ def test_logits_match_transformers(case, mode):
         expected = hf(x).logits
         got = ours(x)
     assert relative_error(got, expected) < 1e-4
+
+
+def test_latent_norms_keep_eps_1e6_whatever_rms_norm_eps():
+    version, overrides = CASES["v3-noaux-interleave-yarn"]
+    config = transformers.DeepseekV3Config(**SMALL, **{**overrides, "rms_norm_eps": 0.1})
+    torch.manual_seed(1)
+    hf = transformers.DeepseekV3ForCausalLM(config).eval()
+    x = tokens("eps")
+    with torch.no_grad():
+        assert relative_error(from_hf(hf)(x), hf(x).logits) < 1e-4
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -164,6 +176,17 @@ def test_per_expert_modules_of_older_transformers_are_read():
 
 
 V2, V3 = transformers.DeepseekV2Config, transformers.DeepseekV3Config
+
+
+def test_legacy_rope_scaling_reads_like_rope_parameters():
+    legacy = {"type": "yarn", **{k: v for k, v in YARN_V2.items() if k not in ("rope_type", "rope_theta")}}
+    current = config_from_hf(V2(**SMALL, num_hidden_layers=2, rope_parameters=YARN_V2))
+    assert config_from_hf(V2(**SMALL, num_hidden_layers=2, rope_scaling=legacy)) == current
+    # a transformers 4.x config: rope_theta beside rope_scaling, no rope_parameters
+    fields = V2(**SMALL, num_hidden_layers=2).to_dict()
+    del fields["rope_parameters"]
+    old = types.SimpleNamespace(**fields, rope_scaling=legacy, rope_theta=YARN_V2["rope_theta"])
+    assert config_from_hf(old) == current
 
 
 @pytest.mark.parametrize("make, field", [

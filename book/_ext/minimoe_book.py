@@ -4,8 +4,8 @@
   `repository.url` and fails the build when a launch service is configured but the URL is empty; so while the
   URL is empty the launch buttons are dropped, and they appear as soon as `repository.url` is set.
 - Each script once per page. sphinx-thebe registers its inline configuration script (`const THEBE_JS_URL = …`)
-  once with filename None and once with "" (Sphinx restores one of them from the pickled environment),
-  so every page declared the constant twice and the browser logged a SyntaxError.
+  twice during a Jupyter Book build, once with filename None and once with "", so every page declared the
+  constant twice and the browser logged a SyntaxError.
 """
 
 from sphinx.application import Sphinx

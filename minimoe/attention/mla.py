@@ -23,6 +23,8 @@ from minimoe.attention.rope import RotaryEmbedding, apply_rope, softmax_scale
 from minimoe.norm import RMSNorm
 
 MODES = ("naive", "absorbed")
+# DeepSeek-V3 inference/model.py and transformers build q_norm and kv_norm with eps 1e-6 whatever rms_norm_eps says.
+LATENT_NORM_EPS = 1e-6
 
 
 def mla_absorbed_scores(q_latent: torch.Tensor, q_rope: torch.Tensor, c_kv: torch.Tensor,
@@ -56,10 +58,10 @@ class MultiHeadLatentAttention(nn.Module):
             self.wq = nn.Linear(D, H * qk_head_dim, bias=False)
         else:
             self.wq_a = nn.Linear(D, cfg.q_lora_rank, bias=cfg.attention_bias)
-            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS)
             self.wq_b = nn.Linear(cfg.q_lora_rank, H * qk_head_dim, bias=False)
         self.wkv_a = nn.Linear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=cfg.attention_bias)
-        self.kv_norm = RMSNorm(cfg.kv_lora_rank, cfg.rms_norm_eps)
+        self.kv_norm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS)
         self.wkv_b = nn.Linear(cfg.kv_lora_rank, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
         self.wo = nn.Linear(H * cfg.v_head_dim, D, bias=cfg.attention_bias)
         self.rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta,

@@ -1,0 +1,164 @@
+"""R1-Zero in miniature: a tiny MLA + MoE policy learns to carry with GRPO, on a laptop CPU in minutes.
+
+The story of DeepSeek-R1 (§2.2–2.3) at toy scale. A policy is first fine-tuned (SFT) on worked solutions of
+three-digit additions written by a sloppy teacher: the teacher adds column by column inside `<think>…</think>`, but
+forgets an incoming carry with probability `slip_prob` (0.6), and its `<answer>` follows its own work. The SFT policy
+therefore writes the format perfectly, carries sometimes and, decoding greedily, copies the teacher's majority habit:
+it is right only on the problems that need no carry. GRPO with the rule-based rewards of R1-Zero (accuracy + format,
+§2.2.2) then finds, from its own samples, that carrying is what the checker rewards.
+
+    python -m minimoe.rl.demo sft        # ≈ 2 min: writes minimoe/rl/checkpoints/sft_addition.pt (shipped)
+    python -m minimoe.rl.demo grpo       # ≈ 3 min: GRPO from that checkpoint, held-out accuracy before / after
+
+The prompt is the bare question ("347+285="): the SFT data already teaches the format, so the instruction of the
+R1 template would only add ~80 characters to every sequence of a character-level model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from minimoe.config import ModelConfig
+from minimoe.model import Transformer
+from minimoe.rl.rewards import accuracy_reward, combine_rewards, format_reward
+from minimoe.rl.trainer import GRPOConfig, GRPOTrainer, evaluate_policy
+from minimoe.tasks.arithmetic import ArithmeticTask
+from minimoe.tasks.template import format_completion, format_prompt
+from minimoe.tasks.tokenizer import CharTokenizer
+from minimoe.train import IGNORE_INDEX, TrainConfig, load_checkpoint, save_checkpoint, train
+
+CHECKPOINT = Path(__file__).parent / "checkpoints" / "sft_addition.pt"
+TEMPLATE = "{question}"
+TASK = ArithmeticTask(min_digits=3, max_digits=3, operations=("+",))
+MAX_NEW_TOKENS = 64
+
+
+def addition_trace(a: int, b: int, slip_prob: float = 0.0, rng: random.Random | None = None) -> tuple[str, str]:
+    """Schoolbook addition of `a + b`, units column first: ("7+5=12,4+8+1=13,3+2+1=6", "632") for 347 + 285.
+
+    Each incoming carry is forgotten with probability `slip_prob` (the column is then written without "+1"), and
+    the answer is read off the work, so a slip gives a consistent but wrong answer.
+    """
+    if a < 0 or b < 0:
+        raise ValueError(f"addition_trace needs non-negative operands; got {a} and {b}")
+    if not 0.0 <= slip_prob <= 1.0:
+        raise ValueError(f"slip_prob ({slip_prob}) must lie in [0, 1]")
+    rng = rng or random.Random(0)
+    n_columns = max(len(str(a)), len(str(b)))
+    digits_a, digits_b = str(a).zfill(n_columns)[::-1], str(b).zfill(n_columns)[::-1]
+    steps, result, carry = [], 0, 0
+    for i, (x, y) in enumerate(zip(digits_a, digits_b)):
+        carried = carry and rng.random() >= slip_prob
+        column = int(x) + int(y) + carried
+        steps.append(f"{x}+{y}{'+1' if carried else ''}={column}")
+        carry = column // 10
+        result += (column % 10) * 10**i
+    result += carry * 10**n_columns
+    return ",".join(steps), str(result)
+
+
+def sft_examples(tokenizer: CharTokenizer, n: int, slip_prob: float, seed: int = 0,
+                 task: ArithmeticTask = TASK) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` teacher-written training examples as (inputs, targets) for next-token prediction.
+
+    A sequence is bos + prompt + completion + eos; targets are -100 on the prompt and padding, so only the
+    completion is learnt. Only training problems are used: the held-out split stays unseen.
+
+    Shapes: -> inputs (n, L), targets (n, L), L = longest sequence − 1.
+    """
+    rng = random.Random(seed)
+    rows, prompt_lengths = [], []
+    for p in task.sample(n, "train", seed=seed):
+        think, answer = addition_trace(p.a, p.b, slip_prob, rng)
+        prompt = tokenizer.encode(format_prompt(p.question, TEMPLATE), add_bos=True)
+        rows.append(prompt + tokenizer.encode(format_completion(think, answer), add_eos=True))
+        prompt_lengths.append(len(prompt))
+    width = max(len(r) for r in rows)
+    sequences = torch.full((n, width), tokenizer.pad_id, dtype=torch.long)  # (n, L + 1)
+    targets = torch.full((n, width - 1), IGNORE_INDEX, dtype=torch.long)  # (n, L)
+    for i, (row, n_prompt) in enumerate(zip(rows, prompt_lengths)):
+        sequences[i, :len(row)] = torch.tensor(row)
+        targets[i, n_prompt - 1:len(row) - 1] = sequences[i, n_prompt:len(row)]
+    return sequences[:, :-1], targets
+
+
+def policy_config(tokenizer: CharTokenizer) -> ModelConfig:
+    """The demo's policy: the "tiny-v3" teaching preset (MLA with query compression, a dense first layer, then
+    DeepSeekMoE with 8 routed experts, top-2, one shared expert, sigmoid gate and auxiliary-loss-free balancing)."""
+    return ModelConfig.from_preset("tiny-v3", vocab_size=tokenizer.vocab_size, max_position_embeddings=128)
+
+
+def pretrain(steps: int = 600, batch_size: int = 64, lr: float = 3e-3, slip_prob: float = 0.6, n_examples: int = 20000,
+             seed: int = 0, progress: bool = True) -> Transformer:
+    """SFT of a fresh tiny policy on the sloppy teacher's solutions (see the module docstring)."""
+    tokenizer = CharTokenizer()
+    inputs, targets = sft_examples(tokenizer, n_examples, slip_prob, seed)
+
+    def data_fn(step: int, batch: int, seq_len: int, generator: torch.Generator):
+        rows = torch.randint(0, len(inputs), (batch,), generator=generator)
+        return inputs[rows], targets[rows]
+
+    torch.manual_seed(seed)
+    model = Transformer(policy_config(tokenizer))
+    train(model, data_fn, TrainConfig(steps=steps, batch_size=batch_size, seq_len=inputs.shape[1], lr=lr,
+                                      warmup=min(30, steps), seed=seed, progress=progress))
+    return model
+
+
+def grpo_config(**overrides) -> GRPOConfig:
+    """The demo's GRPO settings (chosen by measurement, see docs and benchmarks/grpo_demo.py)."""
+    settings = dict(group_size=8, prompts_per_step=8, steps=60, lr=2e-3, beta=0.0, epsilon_low=0.2,
+                    epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=2,
+                    max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, template=TEMPLATE, seed=0)
+    settings.update(overrides)
+    return GRPOConfig(**settings)
+
+
+def make_trainer(policy: Transformer, **overrides) -> GRPOTrainer:
+    """A GRPOTrainer for the demo: R1-Zero's accuracy + format reward on held-out-split three-digit additions."""
+    reward = combine_rewards([(accuracy_reward, 1.0), (format_reward, 0.1)])
+    return GRPOTrainer(policy, CharTokenizer(), TASK, reward, grpo_config(**overrides))
+
+
+def heldout_accuracy(policy: Transformer, n: int = 200) -> dict[str, float]:
+    """Greedy exact-match accuracy, format rate and length on `n` held-out problems."""
+    return evaluate_policy(policy, CharTokenizer(), TASK, template=TEMPLATE, max_new_tokens=MAX_NEW_TOKENS, n=n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m minimoe.rl.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("phase", choices=("sft", "grpo", "all"))
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="SFT checkpoint written / read")
+    parser.add_argument("--sft-steps", type=int, default=600)
+    parser.add_argument("--grpo-steps", type=int, default=60)
+    parser.add_argument("--eval-n", type=int, default=200, help="held-out problems per evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="where to write the GRPO checkpoint")
+    args = parser.parse_args(argv)
+
+    if args.phase in ("sft", "all"):
+        start = time.perf_counter()
+        policy = pretrain(steps=args.sft_steps, seed=args.seed)
+        save_checkpoint(args.checkpoint, policy)
+        print(f"SFT: {(time.perf_counter() - start) / 60:.2f} min, wrote {args.checkpoint}")
+    if args.phase in ("grpo", "all"):
+        policy = load_checkpoint(args.checkpoint).model
+        before = heldout_accuracy(policy, args.eval_n)
+        start = time.perf_counter()
+        trainer = make_trainer(policy, steps=args.grpo_steps, seed=args.seed)
+        trainer.train()
+        minutes = (time.perf_counter() - start) / 60
+        after = heldout_accuracy(policy, args.eval_n)
+        print(f"held-out exact match: {before['accuracy']:.1%} -> {after['accuracy']:.1%} "
+              f"(format {before['format_rate']:.0%} -> {after['format_rate']:.0%}); GRPO {minutes:.2f} min")
+        if args.out is not None:
+            trainer.save_checkpoint(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""GRPOTrainer: sample groups, score them with rule-based rewards, and optimise the GRPO loss.
+
+One step (DeepSeekMath §4.1, Algorithm 1; DeepSeek-R1 §2.2): draw `prompts_per_step` training problems, sample G
+completions each (`rollout.sample_groups`), reward them (`reward_fn`), turn rewards into group-relative advantages
+(`grpo.group_advantages`), then take `num_iterations` AdamW steps on `grpo.grpo_loss`. The first pass scores the
+completions under π_old = the policy that sampled them, so ρ = 1; later passes see ρ move away from 1 and the clip
+bite. The KL term compares with a frozen reference policy, reset to the current policy every `ref_reset_every`
+steps (iterative GRPO, DeepSeekMath §4.1.3; R1 resets every 400 steps). DAPO's dynamic sampling drops groups whose
+rewards are all equal (their advantages are 0) and samples more prompts to refill the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from minimoe.config import ModelConfig
+from minimoe.model import Transformer
+from minimoe.rl.grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
+from minimoe.rl.rewards import RewardFn, accuracy_reward, format_reward
+from minimoe.rl.rollout import Rollout, concat_rollouts, rollout_logprobs, sample_groups
+from minimoe.tasks.template import format_prompt
+from minimoe.tasks.tokenizer import CharTokenizer
+
+CHECKPOINT_FORMAT = "minimoe-grpo-checkpoint-v1"
+
+
+@dataclass
+class GRPOConfig:
+    """Settings of one GRPO run; invalid values raise ``ValueError`` naming the field and the rule."""
+
+    group_size: int = 8
+    """G, completions sampled per prompt (DeepSeekMath §4.2: 64; R1: 16). At least 2: a group of one has zero
+    advantage."""
+    prompts_per_step: int = 8
+    """Prompts per step; a step trains on prompts_per_step · G completions (R1: 32 prompts)."""
+    steps: int = 100
+    """Number of rollout steps (each followed by num_iterations optimiser steps)."""
+    lr: float = 1e-3
+    """AdamW learning rate, constant (DeepSeekMath: 1e-6 and R1: 3e-6 for billions of parameters; a tiny model
+    needs far more)."""
+    beta: float = 0.0
+    """β, weight of the k3 KL to the reference policy in the loss (DeepSeekMath: 0.04, R1: 0.001, DAPO and TRL: 0)."""
+    epsilon_low: float = 0.2
+    """ε of the clip: ρ is clipped below at 1 − ε_low (PPO, GRPO: 0.2)."""
+    epsilon_high: float | None = None
+    """Upper clip 1 + ε_high; None = epsilon_low (symmetric). DAPO's clip-higher uses 0.28."""
+    loss_type: str = "grpo"
+    """Aggregation over tokens: "grpo" | "bnpo" | "dr_grpo" | "dapo" (see ``minimoe.rl.grpo.grpo_loss``)."""
+    scale_rewards: str = "group"
+    """Advantage scaling: "group" std (GRPO), "batch" std, or "none" (Dr. GRPO)."""
+    num_iterations: int = 1
+    """Optimisation passes per rollout (μ in DeepSeekMath Algorithm 1). With 1 the ratio is exactly 1 and the clip
+    never acts; with more the policy moves away from π_old and clipping matters."""
+    max_new_tokens: int = 64
+    """Longest completion sampled; longer ones are cut (and usually unrewarded). Also L_max of "dr_grpo"."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (R1: 1.0); log-probs are computed at the same temperature."""
+    ref_reset_every: int | None = None
+    """Copy the policy into the reference model every this many steps; None = keep the initial policy."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups with all-equal rewards and draw more prompts to refill the batch."""
+    max_sampling_rounds: int = 3
+    """With dynamic_sampling, at most this many rollouts per step; the step trains on what was kept."""
+    template: str = "compact"
+    """Prompt template: "r1", "compact" or a format string with "{question}" (``minimoe.tasks.format_prompt``)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value; None = no clipping."""
+    seed: int = 0
+    """Seeds the choice of training prompts and the sampling."""
+    eval_every: int = 0
+    """Run ``evaluate`` (greedy, held-out) every this many steps and at the end; 0 = never during training."""
+    eval_n: int = 100
+    """Held-out problems per evaluation."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_step", "steps", "num_iterations", "max_new_tokens", "max_sampling_rounds",
+                     "eval_n"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        if not (isinstance(self.group_size, int) and self.group_size >= 2):
+            raise ValueError(f"group_size ({self.group_size!r}) must be an integer >= 2: the advantage r − mean(group) "
+                             "of a group of one is always 0, and its std (scale_rewards='group') is undefined")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type ({self.loss_type!r}) must be one of {LOSS_TYPES}")
+        if self.scale_rewards not in SCALES:
+            raise ValueError(f"scale_rewards ({self.scale_rewards!r}) must be one of {SCALES}")
+        if not self.lr > 0:
+            raise ValueError(f"lr ({self.lr}) must be positive")
+        if not self.beta >= 0:
+            raise ValueError(f"beta ({self.beta}) must be >= 0")
+        if not 0 < self.epsilon_low < 1:
+            raise ValueError(f"epsilon_low ({self.epsilon_low}) must lie in (0, 1)")
+        if self.epsilon_high is not None and not self.epsilon_high > 0:
+            raise ValueError(f"epsilon_high ({self.epsilon_high}) must be positive or None")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature ({self.temperature}) must be > 0: GRPO needs sampled, varied groups")
+        if self.ref_reset_every is not None and not (isinstance(self.ref_reset_every, int) and self.ref_reset_every > 0):
+            raise ValueError(f"ref_reset_every ({self.ref_reset_every!r}) must be a positive integer or None")
+        if not (isinstance(self.eval_every, int) and self.eval_every >= 0):
+            raise ValueError(f"eval_every ({self.eval_every!r}) must be a non-negative integer (0 = never)")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ValueError(f"seed ({self.seed!r}) must be a non-negative integer")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay ({self.weight_decay}) must be non-negative")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip ({self.grad_clip}) must be positive or None")
+        format_prompt("", self.template)  # raises a ValueError naming the template when it has no {question}
+
+
+@dataclass
+class GRPOHistory:
+    """Per-step metrics of the sampled completions (means over the step's rollouts) and of the update."""
+
+    step: list[int] = field(default_factory=list)
+    reward: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    format_rate: list[float] = field(default_factory=list)
+    response_length: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    clip_fraction: list[float] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    groups_kept: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GRPOHistory:
+        return cls(**d)
+
+
+class GRPOTrainer:
+    """Trains `policy` in place with GRPO on problems from `task`, scored by `reward_fn(completions, problems)`.
+
+    `task` provides ``sample(n, split, seed)`` of problems with ``question`` and ``is_correct(answer)``
+    (``minimoe.tasks.ArithmeticTask``, ``CountdownTask``). Accuracy and format rate are always logged with
+    ``accuracy_reward`` and ``format_reward``, whatever `reward_fn` optimises.
+    """
+
+    def __init__(self, policy: Transformer, tokenizer: CharTokenizer, task: Any, reward_fn: RewardFn,
+                 cfg: GRPOConfig) -> None:
+        if tokenizer.vocab_size > policy.cfg.vocab_size:
+            raise ValueError(f"the tokenizer's vocab_size ({tokenizer.vocab_size}) exceeds the policy's "
+                             f"({policy.cfg.vocab_size})")
+        self.policy, self.tokenizer, self.task, self.reward_fn, self.cfg = policy, tokenizer, task, reward_fn, cfg
+        self.ref = self._frozen_copy(policy)
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                           weight_decay=cfg.weight_decay)
+        self.history = GRPOHistory()
+        self.step = 0
+        self._draws = 0
+
+    @staticmethod
+    def _frozen_copy(model: nn.Module) -> nn.Module:
+        ref = copy.deepcopy(model).eval()
+        ref.requires_grad_(False)
+        return ref
+
+    def prompt_ids(self, problems: list[Any]) -> list[list[int]]:
+        """Token ids (bos first) of each problem's prompt under ``cfg.template``."""
+        return [self.tokenizer.encode(format_prompt(p.question, self.cfg.template), add_bos=True) for p in problems]
+
+    def _sample(self) -> tuple[Rollout, list[Any]]:
+        problems = self.task.sample(self.cfg.prompts_per_step, "train", seed=self.cfg.seed * 1_000_003 + self._draws)
+        rollout = sample_groups(self.policy, self.tokenizer, self.prompt_ids(problems), self.cfg.group_size,
+                                self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                seed=self.cfg.seed * 1_000_003 + self._draws)
+        self._draws += 1
+        return rollout, [p for p in problems for _ in range(self.cfg.group_size)]
+
+    def train_step(self) -> dict[str, float]:
+        """One rollout and its `num_iterations` updates; returns (and records) the step's metrics."""
+        cfg, G, start = self.cfg, self.cfg.group_size, time.perf_counter()
+        kept: list[tuple[Rollout, list[Any], torch.Tensor]] = []
+        seen = {"reward": [], "accuracy": [], "format_rate": [], "response_length": []}
+        n_groups = n_kept = 0
+        for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+            rollout, problems = self._sample()
+            rewards = torch.as_tensor(self.reward_fn(rollout.completions, problems), dtype=torch.float32)  # (B,)
+            seen["reward"].append(rewards)
+            seen["accuracy"].append(accuracy_reward(rollout.completions, problems))
+            seen["format_rate"].append(format_reward(rollout.completions, problems))
+            seen["response_length"].append(rollout.lengths)
+            keep = torch.ones(len(problems) // G, dtype=torch.bool)  # (B/G,)
+            if cfg.dynamic_sampling:
+                keep = rewards.view(-1, G).std(dim=1) > 0  # DAPO: all-equal groups carry no signal
+            n_groups += keep.numel()
+            if keep.any():
+                rows = keep.repeat_interleave(G)
+                kept.append((rollout.select_groups(keep), [p for p, r in zip(problems, rows) if r], rewards[rows]))
+                n_kept += int(keep.sum())
+            if n_kept >= cfg.prompts_per_step:
+                break
+
+        loss_value, kl, clip, entropy = math.nan, math.nan, math.nan, math.nan
+        if kept:
+            loss_value, kl, clip, entropy = self._update(kept)
+        metrics = {name: torch.cat(values).float().mean().item() for name, values in seen.items()}
+        metrics.update(kl=kl, clip_fraction=clip, entropy=entropy, loss=loss_value, groups_kept=n_kept / n_groups,
+                       seconds=time.perf_counter() - start)
+        self.history.step.append(self.step)
+        for name, value in metrics.items():
+            getattr(self.history, name).append(value)
+        self.step += 1
+        if cfg.ref_reset_every is not None and self.step % cfg.ref_reset_every == 0:
+            self.ref.load_state_dict(self.policy.state_dict())
+        return metrics
+
+    def _update(self, kept: list[tuple[Rollout, list[Any], torch.Tensor]]) -> tuple[float, float, float, float]:
+        cfg = self.cfg
+        rollout = concat_rollouts([r for r, _, _ in kept], self.tokenizer.pad_id)
+        rewards = torch.cat([r for _, _, r in kept])  # (B,)
+        advantages = group_advantages(rewards, cfg.group_size, cfg.scale_rewards)  # (B,)
+        with torch.no_grad():
+            ref_logprobs = rollout_logprobs(self.ref, rollout, temperature=cfg.temperature)  # (B, T)
+        self.policy.train()
+        old_logprobs, losses, clips = None, [], []
+        for iteration in range(cfg.num_iterations):
+            logprobs, entropy = rollout_logprobs(self.policy, rollout, temperature=cfg.temperature,
+                                                 with_entropy=True)  # (B, T), (B, T)
+            if old_logprobs is None:  # π_old is the policy that sampled: the first pass scores it
+                old_logprobs = logprobs.detach()
+                first_entropy = (entropy.sum() / rollout.completion_mask.sum()).item()
+            loss, stats = grpo_loss(logprobs, old_logprobs, advantages, rollout.completion_mask,
+                                    ref_logprobs=ref_logprobs, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
+                                    epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                                    max_completion_length=cfg.max_new_tokens)
+            if iteration == 0:
+                first_kl = stats["kl"]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip or math.inf)
+            self.optimizer.step()
+            losses.append(loss.item())
+            clips.append(stats["clip_region"])
+        return sum(losses) / len(losses), first_kl, sum(clips) / len(clips), first_entropy
+
+    def train(self, steps: int | None = None) -> GRPOHistory:
+        """Run `steps` (default ``cfg.steps``) GRPO steps with a progress bar; returns the history."""
+        steps = self.cfg.steps if steps is None else steps
+        bar = tqdm(range(steps), desc="grpo", disable=not self.cfg.progress)
+        for i in bar:
+            m = self.train_step()
+            shown = {"reward": f"{m['reward']:.2f}", "acc": f"{m['accuracy']:.2f}",
+                     "len": f"{m['response_length']:.0f}", "kl": f"{m['kl']:.3f}"}
+            if self.cfg.eval_every and ((i + 1) % self.cfg.eval_every == 0 or i == steps - 1):
+                accuracy = self.evaluate(n=self.cfg.eval_n)["accuracy"]
+                self.history.eval_step.append(self.step)
+                self.history.eval_accuracy.append(accuracy)
+                shown["heldout"] = f"{accuracy:.2f}"
+            bar.set_postfix(shown)
+        return self.history
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "heldout", n: int = 100, seed: int = 0, batch_size: int = 256) -> dict[str, float]:
+        """Greedy exact-match accuracy, format rate and mean length on `n` problems of `split`."""
+        return evaluate_policy(self.policy, self.tokenizer, self.task, template=self.cfg.template,
+                               max_new_tokens=self.cfg.max_new_tokens, split=split, n=n, seed=seed,
+                               batch_size=batch_size)
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write policy config and weights, the GRPOConfig, optimiser state and history atomically to `path`."""
+        payload = {"format": CHECKPOINT_FORMAT, "model_config": self.policy.cfg.to_dict(),
+                   "model_state": self.policy.state_dict(), "grpo_config": dataclasses.asdict(self.cfg),
+                   "optimizer_state": self.optimizer.state_dict(), "history": self.history.to_dict(),
+                   "step": self.step}
+        return atomic_save(payload, path)
+
+
+@torch.no_grad()
+def evaluate_policy(model: Transformer, tokenizer: CharTokenizer, task: Any, *, template: str = "compact",
+                    max_new_tokens: int = 64, split: str = "heldout", n: int = 100, seed: int = 0,
+                    batch_size: int = 256) -> dict[str, float]:
+    """Greedy decoding on `n` problems of `split`: exact-match accuracy (the checked `<answer>`), format rate and
+    mean completion length in tokens."""
+    problems = task.sample(n, split, seed=seed)
+    completions, lengths = [], []
+    for i in range(0, n, batch_size):
+        chunk = problems[i:i + batch_size]
+        prompts = [tokenizer.encode(format_prompt(p.question, template), add_bos=True) for p in chunk]
+        rollout = sample_groups(model, tokenizer, prompts, 1, max_new_tokens, temperature=0.0)
+        completions += rollout.completions
+        lengths.append(rollout.lengths)
+    return {"accuracy": accuracy_reward(completions, problems).mean().item(),
+            "format_rate": format_reward(completions, problems).mean().item(),
+            "response_length": torch.cat(lengths).mean().item()}
+
+
+class GRPOCheckpoint(NamedTuple):
+    """What ``load_grpo_checkpoint`` returns."""
+
+    model: Transformer
+    config: GRPOConfig
+    history: GRPOHistory
+    optimizer_state: dict[str, Any]
+    step: int
+
+
+def atomic_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the target folder, then rename: never a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_grpo_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> GRPOCheckpoint:
+    """Rebuild the policy, its GRPOConfig and history from a ``GRPOTrainer.save_checkpoint`` file."""
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
+        raise ValueError(f"{path} is not a minimoe GRPO checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    model = Transformer(ModelConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["model_state"])
+    return GRPOCheckpoint(model, GRPOConfig(**payload["grpo_config"]), GRPOHistory.from_dict(payload["history"]),
+                          payload["optimizer_state"], payload["step"])
