@@ -1,0 +1,252 @@
+"""Autograde a whole class with nbgrader, safely: ``python grade.py a1_mla [--jobs 2] [--timeout 600]``.
+
+nbgrader alone (0.9.6, see ``shared/reference/tooling.md``) runs student code as the grader, in a folder beside
+``source/`` and ``gradebook.db`` (which hold the hidden tests in plain text), has no time budget per submission,
+and silently drops a submission whose kernel dies (``os._exit``, out of memory): the export then shows 0. This driver:
+
+- grades each student in a throw-away copy of the course that has no ``source/``, against a private copy of the
+  gradebook whose cell sources are blanked (``nbgrader_ext.ScrubGradebook``) once the test cells have been restored,
+  so the submission's code finds no hidden tests beside it;
+- runs ``timeout N nbgrader autograde <a> --student=<s>`` in its own process group (killed afterwards, with
+  anything the submission left running) under a memory limit, so one submission cannot stall or sink the batch;
+- reports every submission nbgrader failed or dropped, loudly, and exits with status 2;
+- copies the scores into the course gradebook (kept manual scores survive a re-run; an automatic score never
+  exceeds the cell's points) and the autograded notebook into ``autograded/``;
+- flags submissions whose code touches the grader's machinery (``sys.setprofile``, ``sys.modules``, the gradebook,
+  ``os._exit``, the reference modules …) for a human look;
+- never writes to ``submitted/``: it only reads it (and copies it).
+
+It cannot sandbox: a submission runs as the grader's user and could still search the disk. For an exam, run this
+script inside a container or as a user that cannot read the course directory (see README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+COURSE = Path(__file__).resolve().parent
+# Patterns in a submission's own cells that deserve a human look (they are not penalised automatically).
+SUSPICIOUS = {
+    "kills the kernel": r"os\._exit|os\.kill|signal\.",
+    "exits": r"sys\.exit|\bexit\(|\bquit\(",
+    "patches the interpreter": r"sys\.setprofile|sys\.settrace|sys\.modules|builtins|__import__|importlib",
+    "inspects frames or sources": r"_getframe|inspect\.|f_locals|f_back|getsource",
+    "reads grader files": r"gradebook|source/|nbgrader|HIDDEN TESTS|\.ipynb",
+    "runs processes": r"subprocess|os\.system|os\.popen|multiprocessing|threading|os\.fork",
+    "reassigns library functions": r"^\s*(torch|math|np|numpy)\.[\w.]+\s*=[^=]",
+    "imports a reference module": r"minimoe\.(attention\.(rope|mla)|moe\.(gate|balance)|rl)\b",
+}
+
+
+@dataclass
+class Result:
+    student: str
+    status: str = "ok"  # ok | failed | missing
+    reason: str = ""
+    score: float | None = None
+    max_score: float | None = None
+    seconds: float = 0.0
+    flags: list[str] = field(default_factory=list)
+
+
+def _limit_memory(gib: float):
+    def apply():
+        if gib > 0:
+            limit = int(gib * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def _students(course: Path, assignment: str) -> list[str]:
+    submitted = course / "submitted"
+    return sorted(p.name for p in submitted.iterdir() if (p / assignment).is_dir()) if submitted.is_dir() else []
+
+
+def _release_cells(course: Path, assignment: str) -> set[str]:
+    """Sources of the locked cells (instructions, tests) handed out; a submission's other cells are its own."""
+    import nbformat
+    cells = set()
+    for path in (course / "release" / assignment).glob("*.ipynb"):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.metadata.get("nbgrader", {}).get("locked"):
+                cells.add(cell.source)
+    return cells
+
+
+def flags_for(submission: Path, locked: set[str]) -> list[str]:
+    import nbformat
+    found = set()
+    for path in sorted(submission.glob("*.ipynb")):
+        try:
+            cells = nbformat.read(path, as_version=4).cells
+        except Exception as err:  # an unreadable notebook is itself worth a look
+            found.add(f"unreadable notebook {path.name}: {type(err).__name__}")
+            continue
+        own = "\n".join(c.source for c in cells if c.cell_type == "code" and c.source not in locked)
+        found.update(name for name, pattern in SUSPICIOUS.items() if re.search(pattern, own, re.MULTILINE))
+    return sorted(found)
+
+
+def _stage(course: Path, assignment: str, student: str, root: Path) -> tuple[Path, Path]:
+    """A course copy holding only the config and this submission, and a private gradebook copy beside it."""
+    stage, db = root / "course", root / "db" / "gradebook.db"
+    (stage / "submitted" / student).mkdir(parents=True)
+    db.parent.mkdir(mode=0o700)
+    shutil.copytree(course / "submitted" / student / assignment, stage / "submitted" / student / assignment)
+    for name in ("nbgrader_config.py", "nbgrader_ext.py"):
+        shutil.copy(course / name, stage / name)
+    with sqlite3.connect(course / "gradebook.db") as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    with open(stage / "nbgrader_config.py", "a") as f:
+        f.write("\n# Added by grade.py for this staging copy only.\n"
+                "from nbgrader_ext import ScrubGradebook  # noqa: E402\n"
+                f"c.CourseDirectory.db_url = {'sqlite:///' + str(db)!r}\n"
+                "c.Autograde.sanitize_preprocessors = c.Autograde.sanitize_preprocessors + [ScrubGradebook]\n"
+                f"c.ScrubGradebook.db_path = {str(db)!r}\n")
+    return stage, db
+
+
+def _merge(course: Path, db: Path, stage: Path, assignment: str, student: str) -> tuple[float, float]:
+    """Copy this submission's automatic scores and comments into the course gradebook; returns (score, max)."""
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{db}") as staged, Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        sub = staged.find_submission(assignment, student)
+        gb.update_or_create_student(student)
+        gb.update_or_create_submission(assignment, student, timestamp=sub.timestamp)
+        for nb in sub.notebooks:
+            target = gb.find_submission_notebook(nb.name, assignment, student)
+            target.flagged = nb.flagged
+            target.late_submission_penalty = nb.late_submission_penalty
+            for grade in nb.grades:
+                mine = gb.find_grade(grade.name, nb.name, assignment, student)
+                mine.auto_score = None if grade.auto_score is None else min(grade.auto_score, mine.max_score)
+                mine.needs_manual_grade = grade.needs_manual_grade
+            for comment in nb.comments:
+                gb.find_comment(comment.name, nb.name, assignment, student).auto_comment = comment.auto_comment
+        gb.db.commit()
+        final = gb.find_submission(assignment, student)
+        score, max_score = final.score, final.max_score
+    dest = course / "autograded" / student / assignment
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(stage / "autograded" / student / assignment, dest)
+    return score, max_score
+
+
+def grade_one(course: Path, assignment: str, student: str, timeout: int, memory_gib: float, locked: set[str],
+              merge_lock: threading.Lock, log_dir: Path | None) -> Result:
+    result = Result(student)
+    start = time.perf_counter()
+    result.flags = flags_for(course / "submitted" / student / assignment, locked)
+    with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
+        stage, db = _stage(course, assignment, student, Path(tmp))
+        env = dict(os.environ, NBGRADER_SCRUB_OK=str(db), PYTHONUNBUFFERED="1")
+        cmd = ["timeout", "--kill-after=10", str(timeout), sys.executable, "-m", "nbgrader", "autograde", assignment,
+               f"--student={student}", "--force"]
+        proc = subprocess.Popen(cmd, cwd=stage, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", start_new_session=True,
+                                preexec_fn=_limit_memory(memory_gib))
+        log = proc.communicate()[0]
+        try:  # whatever the submission left running dies with the session
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if log_dir is not None:
+            (log_dir / f"{student}.log").write_text(log)
+        notebooks = list((stage / "autograded" / student / assignment).glob("*.ipynb"))
+        if proc.returncode in (124, 137):
+            result.status, result.reason = "failed", f"over the {timeout} s budget (killed)"
+        elif "Removing failed assignment" in log or proc.returncode != 0:
+            died = re.search(r"(DeadKernelError|Kernel died[^\n]*|MemoryError)", log)
+            result.status = "failed"
+            result.reason = (f"nbgrader dropped it (exit {proc.returncode})"
+                             + (f": {died.group(1)}" if died else "; see its log"))
+        elif not notebooks:
+            result.status, result.reason = "failed", "no autograded notebook was written"
+        else:
+            with merge_lock:
+                result.score, result.max_score = _merge(course, db, stage, assignment, student)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def grade_class(course: Path, assignment: str, students: list[str] | None = None, *, jobs: int = 1,
+                timeout: int = 600, memory_gib: float = 8.0, log_dir: Path | None = None,
+                progress=print) -> list[Result]:
+    course = course.resolve()
+    if not (course / "gradebook.db").exists() or not (course / "release" / assignment).is_dir():
+        raise SystemExit(f"no release of {assignment!r} in {course}: run `nbgrader generate_assignment "
+                         f"{assignment} --force` there first")
+    everyone = _students(course, assignment)
+    students = everyone if students is None else students
+    missing = [Result(s, status="missing", reason="no submitted/<student>/<assignment> folder")
+               for s in students if s not in everyone]
+    todo = [s for s in students if s in everyone]
+    locked = _release_cells(course, assignment)
+    lock = threading.Lock()
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(grade_one, course, assignment, s, timeout, memory_gib, locked, lock, log_dir)
+                   for s in todo]
+        for future in concurrent.futures.as_completed(futures):
+            r = future.result()
+            results.append(r)
+            shown = f"{r.score:g}/{r.max_score:g}" if r.status == "ok" else f"FAILED: {r.reason}"
+            progress(f"[{len(results)}/{len(todo)}] {r.student}: {shown} ({r.seconds:.1f} s)"
+                     + (f"  flagged: {', '.join(r.flags)}" if r.flags else ""))
+    return sorted(results + missing, key=lambda r: r.student)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("assignment")
+    parser.add_argument("--course", type=Path, default=COURSE, help="the nbgrader course folder")
+    parser.add_argument("--student", action="append", help="grade only these students (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="submissions graded at once")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per submission")
+    parser.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit per submission (0: none)")
+    parser.add_argument("--logs", type=Path, help="keep each submission's nbgrader log in this folder")
+    parser.add_argument("--report", type=Path, help="write the results as .csv or .json")
+    args = parser.parse_args(argv)
+    results = grade_class(args.course, args.assignment, args.student, jobs=args.jobs, timeout=args.timeout,
+                          memory_gib=args.memory_gb, log_dir=args.logs)
+    bad = [r for r in results if r.status != "ok"]
+    flagged = [r for r in results if r.flags]
+    print(f"\n{len(results) - len(bad)} of {len(results)} submissions graded; {len(flagged)} flagged for review.")
+    if bad:
+        print("\n" + "!" * 78 + f"\n{len(bad)} SUBMISSION(S) NOT GRADED — their 0 in `nbgrader export` is NOT a grade:")
+        for r in bad:
+            print(f"  {r.student}: {r.reason}")
+        print("!" * 78)
+    if args.report:
+        rows = [asdict(r) | {"flags": "; ".join(r.flags)} for r in results]
+        if args.report.suffix == ".json":
+            args.report.write_text(json.dumps(rows, indent=1))
+        else:
+            with open(args.report, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["student"])
+                writer.writeheader()
+                writer.writerows(rows)
+    return 2 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
