@@ -196,3 +196,104 @@ def mla_cache_explorer(cfg: ModelConfig):
         qk_nope_head_dim=widgets.IntSlider(value=cfg.qk_nope_head_dim, min=16, max=256, step=16, description="d_h"),
         n_groups=widgets.IntSlider(value=8, min=1, max=32, description="GQA n_g"),
     )
+
+
+# ------------------------------------------------------------------ chapter 3: routing tokens to experts
+ROUTER_KINDS = {  # the two published gates: (scoring_func, topk_method, norm_topk_prob, group score)
+    "softmax (V2)": ("softmax", "group_limited_greedy", False, "max"),
+    "sigmoid (V3)": ("sigmoid", "noaux_tc", True, "top2"),
+}
+
+
+def plot_routing_heatmap(scores, indices, *, n_group: int = 1, allowed=None, title: str | None = None,
+                         ax: Axes | None = None) -> Axes:
+    """Heat map of token-to-expert scores with every token's selected experts boxed in red.
+
+    ``scores`` are what the router ranks (s_{i,t}, or s_{i,t} + b_i for DeepSeek-V3's selection, Eq. (16)),
+    ``indices`` the experts each token selected. Thin white lines separate ``n_group`` groups (devices in
+    DeepSeek-V2, nodes in V3); cells where ``allowed`` is False (groups the token may not use) are greyed out.
+
+    Shapes: scores (N, E), indices (N, K), allowed (N, E) bool or None -> one row per token, one column per expert.
+    """
+    from matplotlib.patches import Rectangle
+
+    ax = _axis(ax, figsize=(7.0, 4.5))
+    values = scores.detach().float().cpu()
+    n_tokens, n_experts = values.shape
+    image = ax.imshow(values.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    if allowed is not None:
+        blocked = (~allowed.cpu()).float().numpy()  # (N, E) 1 where the group is not kept
+        ax.imshow(blocked, aspect="auto", cmap="Greys", alpha=0.55 * blocked, vmin=0, vmax=1,
+                  interpolation="nearest")
+    for token, experts in enumerate(indices.tolist()):
+        for expert in experts:
+            ax.add_patch(Rectangle((expert - 0.5, token - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.6))
+    for boundary in range(1, n_group):
+        ax.axvline(boundary * n_experts // n_group - 0.5, color="white", linewidth=1.5)
+    ax.set_xticks(range(n_experts))
+    ax.set_yticks(range(n_tokens))
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("expert")
+    ax.set_ylabel("token")
+    ax.set_title(title or f"{n_tokens} tokens × {n_experts} experts, {indices.shape[1]} selected per token")
+    return ax
+
+
+def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 2):
+    """Map a batch of tokens to experts: sliders for top-k, a selection bias on one expert, the number of groups
+    and of kept groups, and a dropdown between DeepSeek-V2's softmax gate and DeepSeek-V3's sigmoid gate.
+
+    Routing is ``minimoe.moe.gate.route`` on ``affinity_scores(logits)``; the heat map shows the selection scores
+    (s, or s + b for V3) with the chosen experts boxed and the groups a token may not use greyed out. The bias is
+    DeepSeek-V3's (Eq. (16)): it moves selection only, so the softmax (V2) gate ignores it. The printout gives each
+    expert's load and how many tokens changed experts against plain top-k. Built with ``ipywidgets.interactive``
+    so a built book shows the first figure without a kernel.
+
+    Shapes: logits (N, E) router logits u_t^T e_i -> returns the ``interactive`` widget (display it).
+    """
+    import ipywidgets as widgets
+    import torch
+
+    from minimoe.moe.gate import affinity_scores, group_mask, route
+
+    n_tokens, n_experts = logits.shape
+    groups = [g for g in range(1, n_experts + 1) if n_experts % g == 0 and (g == 1 or n_experts // g >= 2)]
+
+    def draw(gate: str, k: int, biased_expert: int, bias: float, n_group: int, topk_group: int):
+        scoring_func, topk_method, norm, group_score = ROUTER_KINDS[gate]
+        topk_group = min(topk_group, n_group)
+        if k > topk_group * (n_experts // n_group):
+            print(f"k ({k}) must be <= topk_group × experts per group ({topk_group} × {n_experts // n_group}): "
+                  "keep more groups or pick fewer experts")
+            return
+        scores = affinity_scores(logits, scoring_func)  # (N, E)
+        b = torch.zeros(n_experts)
+        if scoring_func == "sigmoid":
+            b[biased_expert] = bias
+        choice = scores + b  # (N, E): what selection ranks (b = 0 for V2)
+        weights, indices = route(scores, k, topk_method=topk_method, n_group=n_group, topk_group=topk_group,
+                                 bias=b, norm_topk_prob=norm)
+        allowed = group_mask(choice, n_group, topk_group, group_score) if n_group > 1 else None
+        plot_routing_heatmap(choice, indices, n_group=n_group, allowed=allowed,
+                             title=f"{gate}: top-{k}, {topk_group} of {n_group} groups"
+                                   + (f", b[{biased_expert}] = {bias:+.2f}" if scoring_func == "sigmoid" else ""))
+        plt.show()
+        _, plain = route(scores, k)  # plain top-k of the unbiased scores, no groups
+        changed = sum(set(a) != set(p) for a, p in zip(indices.tolist(), plain.tolist()))
+        load = torch.bincount(indices.reshape(-1), minlength=n_experts).tolist()
+        print(f"tokens per expert: {load}")
+        print(f"tokens whose experts differ from plain top-{k}: {changed} of {n_tokens}")
+        print(f"gate values of token 0: {[round(w, 3) for w in weights[0].tolist()]} (sum {weights[0].sum():.3f})")
+        if scoring_func == "softmax" and bias != 0:
+            print("the selection bias is DeepSeek-V3's: the softmax (V2) gate has none, so it is ignored here")
+
+    return widgets.interactive(
+        draw,
+        gate=widgets.Dropdown(options=list(ROUTER_KINDS), value="sigmoid (V3)", description="gate"),
+        k=widgets.IntSlider(value=k, min=1, max=min(8, n_experts), description="top-k"),
+        biased_expert=widgets.IntSlider(value=0, min=0, max=n_experts - 1, description="biased expert"),
+        bias=widgets.FloatSlider(value=0.0, min=-1.0, max=1.0, step=0.05, description="bias b_i"),
+        n_group=widgets.Dropdown(options=groups, value=n_group, description="groups"),
+        topk_group=widgets.IntSlider(value=topk_group, min=1, max=max(groups), description="kept groups"),
+    )
