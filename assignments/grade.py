@@ -28,7 +28,6 @@ import csv
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import sqlite3
@@ -37,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,14 +65,6 @@ class Result:
     flags: list[str] = field(default_factory=list)
 
 
-def _limit_memory(gib: float):
-    def apply():
-        if gib > 0:
-            limit = int(gib * 2**30)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return apply
-
-
 def _students(course: Path, assignment: str) -> list[str]:
     submitted = course / "submitted"
     return sorted(p.name for p in submitted.iterdir() if (p / assignment).is_dir()) if submitted.is_dir() else []
@@ -95,7 +87,7 @@ def flags_for(submission: Path, locked: set[str]) -> list[str]:
     for path in sorted(submission.glob("*.ipynb")):
         try:
             cells = nbformat.read(path, as_version=4).cells
-        except Exception as err:  # an unreadable notebook is itself worth a look
+        except (OSError, ValueError) as err:  # an unreadable notebook is itself worth a look
             found.add(f"unreadable notebook {path.name}: {type(err).__name__}")
             continue
         own = "\n".join(c.source for c in cells if c.cell_type == "code" and c.source not in locked)
@@ -125,6 +117,8 @@ def _stage(course: Path, assignment: str, student: str, root: Path) -> tuple[Pat
 def _merge(course: Path, db: Path, stage: Path, assignment: str, student: str) -> tuple[float, float]:
     """Copy this submission's automatic scores and comments into the course gradebook; returns (score, max)."""
     from nbgrader.api import Gradebook
+    from sqlalchemy.exc import SAWarning
+    warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's own update_or_create_submission warns
     with Gradebook(f"sqlite:///{db}") as staged, Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         sub = staged.find_submission(assignment, student)
         gb.update_or_create_student(student)
@@ -136,7 +130,8 @@ def _merge(course: Path, db: Path, stage: Path, assignment: str, student: str) -
             for grade in nb.grades:
                 mine = gb.find_grade(grade.name, nb.name, assignment, student)
                 mine.auto_score = None if grade.auto_score is None else min(grade.auto_score, mine.max_score)
-                mine.needs_manual_grade = grade.needs_manual_grade
+                if mine.manual_score is None:  # a score already given by hand stays
+                    mine.needs_manual_grade = grade.needs_manual_grade
             for comment in nb.comments:
                 gb.find_comment(comment.name, nb.name, assignment, student).auto_comment = comment.auto_comment
         gb.db.commit()
@@ -156,12 +151,13 @@ def grade_one(course: Path, assignment: str, student: str, timeout: int, memory_
     result.flags = flags_for(course / "submitted" / student / assignment, locked)
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         stage, db = _stage(course, assignment, student, Path(tmp))
-        env = dict(os.environ, NBGRADER_SCRUB_OK=str(db), PYTHONUNBUFFERED="1")
-        cmd = ["timeout", "--kill-after=10", str(timeout), sys.executable, "-m", "nbgrader", "autograde", assignment,
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # nbgrader runs alembic
+        env = dict(os.environ, PATH=path, NBGRADER_SCRUB_OK=str(db), PYTHONUNBUFFERED="1")
+        cap = ["prlimit", f"--as={int(memory_gib * 2**30)}", "--"] if memory_gib > 0 else []
+        cmd = [*cap, "timeout", "--kill-after=10", str(timeout), sys.executable, "-m", "nbgrader", "autograde", assignment,
                f"--student={student}", "--force"]
         proc = subprocess.Popen(cmd, cwd=stage, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", start_new_session=True,
-                                preexec_fn=_limit_memory(memory_gib))
+                                text=True, errors="replace", start_new_session=True)
         log = proc.communicate()[0]
         try:  # whatever the submission left running dies with the session
             os.killpg(proc.pid, signal.SIGKILL)

@@ -4,12 +4,22 @@ import os
 import sys
 
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, ClearOutput,
-                                    DeduplicateIds, GetGrades, IgnorePattern, LimitOutput, OverwriteCells,
-                                    OverwriteKernelspec, SaveAutoGrades)
+from nbgrader.preprocessors import (
+                                    AssignLatePenalties,
+                                    CheckCellMetadata,
+                                    ClearHiddenTests,
+                                    ClearOutput,
+                                    DeduplicateIds,
+                                    GetGrades,
+                                    IgnorePattern,
+                                    LimitOutput,
+                                    OverwriteCells,
+                                    OverwriteKernelspec,
+                                    SaveAutoGrades,
+)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nbgrader_ext import BoundedExecute, SanitizeHiddenOutputs  # noqa: E402
+from nbgrader_ext import BoundedExecute, SanitizeHiddenOutputs
 
 c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
 

@@ -8,8 +8,10 @@
   student code that runs next cannot read the hidden tests from ``gradebook.db``. Destructive by design: ``grade.py`` enables it only for the throw-away copy of the
   gradebook it grades each student against; it refuses to run unless ``NBGRADER_SCRUB_OK`` names that very file.
 - ``SanitizeHiddenOutputs``: for feedback, in every cell that holds hidden tests, replace the outputs by one error
-  line without traceback. A failing hidden assert's traceback would otherwise print the hidden line (and its
-  inputs), and student code called by a hidden test could print what it was given.
+  line without traceback, whose message is the failing assertion's own message when that text is written in the
+  test cell (test messages name the check, never its inputs), else a generic one. A failing hidden assert's
+  traceback would otherwise print the hidden line (and its inputs), and student code called by a hidden test could
+  print or raise what it was given.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer, Unicode
 
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
-# Messages that hidden tests raise start with this; they are written to name the check without its inputs.
-HIDDEN_MESSAGE_PREFIX = "Hidden test"
 
 
 class BoundedExecute(Execute):
@@ -77,9 +77,9 @@ class SanitizeHiddenOutputs(NbGraderPreprocessor):
         outputs = []
         if errors:
             ename, evalue = errors[0].get("ename", "Error"), str(errors[0].get("evalue", ""))
-            if not evalue.startswith(HIDDEN_MESSAGE_PREFIX):
-                evalue = ("raised while this cell's tests ran; run the visible tests above in your notebook "
-                          "to see where (details of hidden tests are not shown)")
+            if not evalue or evalue not in cell.source:  # only the test's own assertion messages are shown
+                evalue = (f"{ename} raised while this cell's tests ran; run the visible tests in your notebook to "
+                          "see where (details of hidden tests are not shown)")
             outputs.append(NotebookNode(output_type="error", ename=ename, evalue=evalue,
                                         traceback=[f"{ename}: {evalue}"]))
         cell.outputs = outputs

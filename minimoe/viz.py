@@ -228,7 +228,7 @@ def plot_routing_heatmap(scores, indices, *, n_group: int = 1, allowed=None, tit
                   interpolation="nearest")
     for token, experts in enumerate(indices.tolist()):
         for expert in experts:
-            ax.add_patch(Rectangle((expert - 0.5, token - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.6))
+            ax.add_patch(Rectangle((expert - 0.5, token - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.0))
     for boundary in range(1, n_group):
         ax.axvline(boundary * n_experts // n_group - 0.5, color="white", linewidth=1.5)
     ax.set_xticks(range(n_experts))

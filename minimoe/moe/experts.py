@@ -7,12 +7,18 @@ DeepSeek-V3 §2.1.2, Eq. (12) (DeepSeek-V2 Eq. (20)):
 (the residual u_t is added by ``Block``). As in DeepSeek-V3's ``inference/model.py`` and transformers, the N_s shared
 experts are one SwiGLU MLP of width N_s · moe_intermediate_size.
 
-Dispatch: the N·K (token, expert) assignments are sorted by expert, so each expert runs once on one contiguous slice
-of tokens (a loop over experts, never over tokens), and the weighted outputs are scattered back with ``index_add_``.
+Dispatch: the N·K (token, expert) assignments are sorted by expert, the tokens gathered once into one (N·K, D) buffer
+in that order, each expert run on its contiguous slice (a loop over the experts that received tokens, or one
+``grouped_mm`` per projection), and the weighted outputs added back to their tokens with one ``index_add_``.
 ``naive_moe_forward`` runs every expert on every token instead; tests use it to prove the two equal.
+
+Optionally (``capacity_factor``, off by default, as in DeepSeek-V3 which drops nothing), each expert takes at most
+C = ⌈capacity_factor · N·K / E⌉ tokens and drops its lowest-affinity ones beyond that: DeepSeek-V2 §2.2.4.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,10 @@ from torch import nn
 
 from minimoe.config import ModelConfig
 from minimoe.moe.gate import Router
+
+EXPERTS_IMPLS = ("auto", "loop", "grouped_mm")
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)  # torch ≥ 2.8 (CPU ≥ 2.9)
+_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class MLP(nn.Module):
@@ -41,29 +51,105 @@ class MLP(nn.Module):
 Expert = MLP  # a routed expert is a (narrower) SwiGLU MLP: FFN^(r)_i
 
 
-def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-                    experts: nn.ModuleList) -> torch.Tensor:
-    """Σ_i g_{i,t} FFN^(r)_i(u_t) by sorting assignments by expert (one call per expert that received tokens).
+def capacity_mask(affinity: torch.Tensor, indices: torch.Tensor, n_experts: int,
+                  capacity_factor: float) -> torch.Tensor:
+    """Which assignments fit in their expert's capacity C = ⌈capacity_factor · N·K / E⌉ (DeepSeek-V2 §2.2.4).
 
-    Each expert's weighted output is added straight into the result with ``index_add_``: no (N·K, D) buffer is
-    concatenated, which keeps the working set of one expert in cache (measured faster on a CPU).
+    Each expert keeps its C highest-affinity assignments and drops the rest (ties: the earlier token stays).
+    DeepSeek-V2 applies the capacity per device; with one expert per device the two coincide.
 
-    Shapes: x (N, D), weights (N, K), indices (N, K) -> (N, D).
+    Shapes: affinity (N, K) s_{i,t} of the selected experts, indices (N, K) -> keep (N, K) bool.
+    """
+    if not capacity_factor > 0:
+        raise ValueError(f"capacity_factor ({capacity_factor}) must be > 0 (or None for no token dropping)")
+    capacity = math.ceil(capacity_factor * indices.numel() / n_experts)
+    flat_expert = indices.reshape(-1)  # (N·K,)
+    by_affinity = affinity.reshape(-1).argsort(descending=True, stable=True)  # (N·K,)
+    order = by_affinity[flat_expert[by_affinity].argsort(stable=True)]  # (N·K,) by expert, best affinity first
+    counts = torch.bincount(flat_expert, minlength=n_experts)  # (E,)
+    first = counts.cumsum(0) - counts  # (E,) where each expert's run starts in ``order``
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device) - first[flat_expert[order]]
+    return (rank < capacity).view(indices.shape)  # (N, K)
+
+
+def sort_by_expert(indices: torch.Tensor, n_experts: int,
+                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group the flattened assignments by expert, leaving out those with ``keep`` False.
+
+    Dropped assignments get the sentinel expert E, which sorts last and is cut off.
+
+    Shapes: indices (N, K), keep (N, K) bool -> order (M,) into the N·K flattened assignments, counts (E,) long,
+    with M = counts.sum() kept assignments.
+    """
+    flat_expert = indices.reshape(-1)  # (N·K,)
+    if keep is not None:
+        flat_expert = flat_expert.masked_fill(~keep.reshape(-1), n_experts)
+    counts = torch.bincount(flat_expert, minlength=n_experts + 1)[:n_experts]  # (E,)
+    order = flat_expert.argsort(stable=True)[:int(counts.sum())]  # (M,)
+    return order, counts
+
+
+def grouped_mm_supported(x: torch.Tensor) -> bool:
+    """Whether this torch offers ``grouped_mm`` for x's device and dtype (CPU: float32/bfloat16/float16;
+    CUDA: bfloat16 on compute capability ≥ 8.0, as its documentation states)."""
+    if _grouped_mm is None:
+        return False
+    if x.is_cuda:
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return x.device.type == "cpu" and x.dtype in _GROUPED_MM_DTYPES
+
+
+def resolve_impl(experts_impl: str, x: torch.Tensor) -> str:
+    """The ``run_experts`` implementation for x: ``"auto"`` is ``grouped_mm`` on a GPU that offers it, else the loop.
+
+    Shapes: x (N, D) -> a name.
+    """
+    if experts_impl not in EXPERTS_IMPLS:
+        raise ValueError(f"experts_impl ({experts_impl!r}) must be one of {EXPERTS_IMPLS}")
+    if experts_impl == "auto":
+        return "grouped_mm" if x.is_cuda and grouped_mm_supported(x) else "loop"
+    if experts_impl == "grouped_mm" and not grouped_mm_supported(x):
+        raise ValueError(f"experts_impl 'grouped_mm' is not offered by torch {torch.__version__} for "
+                         f"{x.dtype} on {x.device.type}; use 'loop' or 'auto'")
+    return experts_impl
+
+
+def run_experts(x_sorted: torch.Tensor, counts: torch.Tensor, experts: nn.ModuleList,
+                impl: str = "loop") -> torch.Tensor:
+    """FFN^(r)_i on each expert's contiguous slice of the sorted tokens.
+
+    ``"loop"``: one call per expert that received tokens; ``split`` makes the slices views of one buffer, so the
+    backward pass concatenates their gradients once (slicing would build one N·K-row zero gradient per expert).
+    ``"grouped_mm"``: three grouped matrix products over the experts' weights stacked into (E, ·, ·) tensors
+    (the stacking is a copy of all routed weights per call: cheap on a GPU, costly on a CPU).
+
+    Shapes: x_sorted (M, D), counts (E,) with counts.sum() = M -> (M, D).
+    """
+    if impl == "grouped_mm":
+        offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows
+        w1, w2, w3 = (torch.stack([getattr(e, w).weight for e in experts]) for w in ("w1", "w2", "w3"))
+        gate = _grouped_mm(x_sorted, w1.mT, offs=offs)  # (M, I)
+        up = _grouped_mm(x_sorted, w3.mT, offs=offs)  # (M, I)
+        return _grouped_mm(F.silu(gate) * up, w2.mT, offs=offs)  # (M, D)
+    if impl != "loop":
+        raise ValueError(f"impl ({impl!r}) must be 'loop' or 'grouped_mm'")
+    outputs = [expert(rows) for expert, rows in zip(experts, x_sorted.split(counts.tolist())) if len(rows) > 0]
+    return torch.cat(outputs) if outputs else torch.zeros_like(x_sorted)  # (M, D)
+
+
+def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, experts: nn.ModuleList,
+                    keep: torch.Tensor | None = None, impl: str = "loop") -> torch.Tensor:
+    """Σ_i g_{i,t} FFN^(r)_i(u_t) with the assignments sorted by expert; assignments with ``keep`` False are skipped.
+
+    Shapes: x (N, D), weights (N, K), indices (N, K), keep (N, K) bool -> (N, D).
     """
     k = indices.shape[1]
-    flat_expert = indices.reshape(-1)  # (N·K,)
-    order = flat_expert.argsort(stable=True)  # (N·K,) assignments grouped by expert
-    token = order // k  # (N·K,) the token of each sorted assignment
-    gate = weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)  # (N·K, 1) g_{i,t} in the same order
-    counts = torch.bincount(flat_expert, minlength=len(experts)).tolist()  # tokens per expert
-    out = torch.zeros_like(x)  # (N, D)
-    start = 0
-    for expert, n in zip(experts, counts):
-        if n > 0:
-            rows = token[start:start + n]  # (n_e,) the tokens sent to this expert
-            out.index_add_(0, rows, expert(x[rows]) * gate[start:start + n])
-        start += n
-    return out
+    order, counts = sort_by_expert(indices, len(experts), keep)  # (M,), (E,)
+    token = order // k  # (M,) the token of each sorted assignment
+    gate = weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)  # (M, 1) g_{i,t} in the same order
+    y_sorted = run_experts(x.index_select(0, token), counts, experts, impl)  # (M, D)
+    return torch.zeros_like(x).index_add_(0, token, y_sorted * gate)  # (N, D)
 
 
 class DeepSeekMoE(nn.Module):
@@ -72,9 +158,19 @@ class DeepSeekMoE(nn.Module):
     After each forward, ``last_routing = (scores, indices)`` keeps the router's affinities (..., E) and the
     selected experts (..., K) with the input's leading shape, e.g. (B, T, E) and (B, T, K); ``scores`` keeps its
     graph so a balance loss (``minimoe.moe.balance``) can be added to the training loss.
+
+    Two attributes, settable at any time:
+
+    - ``capacity_factor`` (None = no dropping, the default and DeepSeek-V3's choice): in training mode each expert
+      keeps at most ⌈capacity_factor · N·K / E⌉ tokens of the batch, dropping its lowest-affinity ones
+      (``capacity_mask``); a dropped token still gets its other experts and the shared ones. As in DeepSeek-V2
+      §2.2.4 nothing is dropped in eval mode. ``last_dropped`` (..., K) bool marks the dropped assignments (None
+      when nothing was dropped).
+    - ``experts_impl``: ``"loop"``, ``"grouped_mm"`` or ``"auto"`` (``grouped_mm`` on a GPU where torch offers
+      it, the loop on a CPU, where it measured faster: ``benchmarks/moe_dispatch.py``).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, capacity_factor: float | None = None, experts_impl: str = "auto") -> None:
         super().__init__()
         if not cfg.is_moe:
             raise ValueError("DeepSeekMoE needs n_routed_experts > 0")
@@ -84,7 +180,30 @@ class DeepSeekMoE(nn.Module):
                                      for _ in range(cfg.n_routed_experts))
         shared = cfg.n_shared_experts * cfg.moe_intermediate_size
         self.shared_experts = MLP(cfg.hidden_size, shared) if shared > 0 else None
+        self.capacity_factor = capacity_factor
+        self.experts_impl = experts_impl
         self.last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_dropped: torch.Tensor | None = None
+
+    @property
+    def capacity_factor(self) -> float | None:
+        return self._capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, value: float | None) -> None:
+        if value is not None and not value > 0:
+            raise ValueError(f"capacity_factor ({value}) must be > 0 (or None for no token dropping)")
+        self._capacity_factor = value
+
+    @property
+    def experts_impl(self) -> str:
+        return self._experts_impl
+
+    @experts_impl.setter
+    def experts_impl(self, value: str) -> None:
+        if value not in EXPERTS_IMPLS:
+            raise ValueError(f"experts_impl ({value!r}) must be one of {EXPERTS_IMPLS}")
+        self._experts_impl = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shapes: x (..., D) -> (..., D)."""
@@ -92,20 +211,28 @@ class DeepSeekMoE(nn.Module):
         u = x.reshape(-1, x.shape[-1])  # (N, D)
         weights, indices, scores = self.gate(u)
         self.last_routing = (scores.view(*lead, -1), indices.view(*lead, -1))  # (..., E), (..., K)
-        h = dispatch_sorted(u, weights, indices, self.experts)
+        keep = None
+        if self.capacity_factor is not None and self.training:
+            keep = capacity_mask(scores.detach().gather(1, indices), indices, len(self.experts),
+                                 self.capacity_factor)  # (N, K)
+        self.last_dropped = None if keep is None else ~keep.view(*lead, -1)  # (..., K)
+        h = dispatch_sorted(u, weights, indices, self.experts, keep, resolve_impl(self.experts_impl, u))
         if self.shared_experts is not None:
             h = h + self.shared_experts(u)
         return h.view(*lead, -1)  # (..., D)
 
 
-def naive_moe_forward(moe: DeepSeekMoE, x: torch.Tensor) -> torch.Tensor:
-    """Reference for tests: every expert on every token, weighted by a dense (N, E) gate matrix (zeros off top-K).
+def naive_moe_forward(moe: DeepSeekMoE, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference for tests: every expert on every token, weighted by a dense (N, E) gate matrix (zeros off top-K,
+    and off the assignments with ``keep`` False).
 
-    Shapes: x (..., D) -> (..., D).
+    Shapes: x (..., D), keep (N, K) bool -> (..., D).
     """
     lead = x.shape[:-1]
     u = x.reshape(-1, x.shape[-1])  # (N, D)
     weights, indices, _ = moe.gate(u)
+    if keep is not None:
+        weights = weights * keep
     gates = torch.zeros(u.shape[0], len(moe.experts), dtype=u.dtype, device=u.device)
     gates = gates.scatter(1, indices, weights.to(u.dtype))  # (N, E): g_{i,t}, zero unless selected
     h = sum(gates[:, e:e + 1] * expert(u) for e, expert in enumerate(moe.experts))

@@ -1,6 +1,6 @@
 """The router of DeepSeekMoE: affinity scores, (group-limited) top-k selection and gate values.
 
-DeepSeek-V2 §2.2 (Eq. (21)–(23)) scores experts with a softmax and keeps the top-K; its device-limited routing
+DeepSeek-V2 §2.2 (Eq. (21)–(22)) scores experts with a softmax and keeps the top-K; its device-limited routing
 first keeps the ``topk_group`` groups whose best expert scores highest. DeepSeek-V3 §2.1.2 (Eq. (13)–(16)) scores
 with a sigmoid, *selects* with ``scores + bias`` (auxiliary-loss-free balancing), ranks groups by the sum of their
 two best biased scores, and takes the gate values from the unbiased scores, normalised over the selected experts.
@@ -31,7 +31,7 @@ NORM_EPS = 1e-20  # DeepseekV3TopkRouter: topk_weights / (topk_weights.sum() + 1
 
 
 def affinity_scores(logits: torch.Tensor, scoring_func: str) -> torch.Tensor:
-    """Token-to-expert affinities s_{i,t}: softmax (DeepSeek-V2 Eq. (23)) or sigmoid (DeepSeek-V3 Eq. (15)).
+    """Token-to-expert affinities s_{i,t}: softmax (DeepSeek-V2 Eq. (22)) or sigmoid (DeepSeek-V3 Eq. (15)).
 
     Shapes: logits (N, E) -> scores (N, E), float32.
     """
@@ -70,13 +70,13 @@ def route(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group:
           routed_scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Select K experts per token and their gate values g_{i,t}.
 
-    - ``"greedy"``: top-K of the scores (DeepSeek-V2 Eq. (22)).
+    - ``"greedy"``: top-K of the scores (DeepSeek-V2 Eq. (21)).
     - ``"group_limited_greedy"``: top-K inside the ``topk_group`` groups with the highest max score
       (DeepSeek-V2 §2.2.2).
     - ``"noaux_tc"``: selection by ``scores + bias`` inside the groups with the highest top-2 sum; gate values from
       the unbiased scores (DeepSeek-V3 Eq. (16)).
 
-    Then, if ``norm_topk_prob``, g = g' / Σ g' over the selected (DeepSeek-V3 Eq. (14)); finally g ×
+    Then, if ``norm_topk_prob``, g = g' / Σ g' over the selected (DeepSeek-V3 Eq. (13)); finally g ×
     ``routed_scaling_factor``.
 
     Shapes: scores (N, E), bias (E,) -> weights (N, K) float32, indices (N, K) long, sorted by selection score.

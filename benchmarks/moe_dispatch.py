@@ -1,0 +1,160 @@
+"""MoE dispatch: forward and forward+backward time of one DeepSeekMoE layer against alternatives.
+
+Same config, same weights, same tokens for every implementation:
+
+- ``minimoe loop``: ``DeepSeekMoE`` with ``experts_impl="loop"`` (what ``"auto"`` picks on a CPU);
+- ``minimoe grouped_mm``: the same layer with ``experts_impl="grouped_mm"``;
+- ``HF eager`` / ``HF grouped_mm``: transformers' ``DeepseekV3MoE`` with our weights copied in
+  (``minimoe.interop.state_dict_to_hf``), with its per-expert loop and with its ``grouped_mm`` implementation
+  (the default a ``from_pretrained`` model picks when torch offers ``grouped_mm``);
+- ``naive mask loop``: a loop over all E experts that finds each expert's tokens with a mask, as early MoE code did;
+- ``dense SwiGLU``: one MLP with the same active width (K + N_s) · moe_intermediate_size, hence the same FLOPs as
+  the routed + shared experts: the cost of the computation without any dispatch.
+
+Default config: DeepSeek-V2-Lite's expert layout (64 routed experts, top-6, 2 shared; facts sheet §2.4) with V3
+routing (sigmoid, noaux_tc, 8 groups keep 4) at a CPU-sized width (D 512, moe_intermediate_size 256) and 4096
+tokens, i.e. 384 tokens per expert on average: wide enough that each expert's matrix product dominates its Python
+overhead, as on real hardware, and one forward pass stays about a second on one core.
+
+The implementations run interleaved (one of each per repetition, in rotating order); the table gives the median
+time and, per implementation, the median over repetitions of its time divided by minimoe loop's time in the same
+repetition. Run: ``python benchmarks/moe_dispatch.py`` (about 3 minutes on one core), ``--quick`` for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DeepseekV3Config
+from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+
+from minimoe.config import ModelConfig
+from minimoe.interop import hf_config_kwargs, state_dict_to_hf
+from minimoe.moe.experts import MLP, DeepSeekMoE, grouped_mm_supported
+
+TARGETS = {"HF": 1.0, "dense SwiGLU": 1.5}  # forward time of minimoe loop at most this × the named one
+
+
+def bench_config(quick: bool) -> ModelConfig:
+    size = dict(hidden_size=64, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                moe_intermediate_size=32, n_group=4, topk_group=2) if quick else \
+        dict(hidden_size=512, n_routed_experts=64, num_experts_per_tok=6, n_shared_experts=2,
+             moe_intermediate_size=256, n_group=8, topk_group=4)
+    return ModelConfig.from_preset("tiny-v3", num_hidden_layers=1, first_k_dense_replace=0, **size)
+
+
+def hf_moe(moe: DeepSeekMoE, implementation: str) -> DeepseekV3MoE:
+    """transformers' layer holding a copy of ``moe``'s weights (3-D expert stacks, ``e_score_correction_bias``)."""
+    cfg = moe.cfg
+    _, kwargs = hf_config_kwargs(cfg)
+    hf_config = DeepseekV3Config(**kwargs)
+    hf_config._experts_implementation = implementation
+    state = state_dict_to_hf({f"layers.0.ffn.{k}": v for k, v in moe.state_dict().items()}, cfg)
+    layer = DeepseekV3MoE(hf_config)
+    layer.load_state_dict({k.removeprefix("model.layers.0.mlp."): v for k, v in state.items()})
+    return layer
+
+
+def naive_mask_loop(moe: DeepSeekMoE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Every expert in turn finds its tokens with ``nonzero`` on a mask, even when it has none."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        weights, indices, _ = moe.gate(x)
+        out = torch.zeros_like(x)  # (N, D)
+        for e, expert in enumerate(moe.experts):
+            token, slot = (indices == e).nonzero(as_tuple=True)  # (n_e,), (n_e,)
+            out = out.index_add(0, token, expert(x[token]) * weights[token, slot, None])
+        return out + moe.shared_experts(x)
+    return forward
+
+
+def dense_equivalent(cfg: ModelConfig) -> MLP:
+    """A SwiGLU MLP as wide as the experts one token activates: (K + N_s) · moe_intermediate_size."""
+    active = (cfg.num_experts_per_tok + cfg.n_shared_experts) * cfg.moe_intermediate_size
+    return MLP(cfg.hidden_size, active)
+
+
+def time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor,
+              params: list[torch.nn.Parameter], backward: bool) -> float:
+    for p in params:
+        p.grad = None
+    if backward:
+        x = x.detach().requires_grad_()
+        start = time.perf_counter()
+        fn(x).backward(grad)
+    else:
+        with torch.no_grad():
+            start = time.perf_counter()
+            fn(x)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny config and one repetition (tests)")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    tokens, reps = (64, 2) if args.quick else (args.tokens, args.reps)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    cfg = bench_config(args.quick)
+    moe = DeepSeekMoE(cfg, experts_impl="loop")
+    moe.gate.bias.normal_(std=0.01)
+    grouped = DeepSeekMoE(cfg, experts_impl="grouped_mm")
+    grouped.load_state_dict(moe.state_dict())
+    x = torch.randn(tokens, cfg.hidden_size)
+    grad = torch.randn(tokens, cfg.hidden_size)
+    impls: dict[str, tuple[Callable, list]] = {"minimoe loop": (moe, list(moe.parameters()))}
+    if grouped_mm_supported(x):
+        impls["minimoe grouped_mm"] = (grouped, list(grouped.parameters()))
+    for implementation in ("eager", "grouped_mm"):
+        layer = hf_moe(moe, implementation)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), moe(x), rtol=1e-4, atol=1e-5)
+        impls[f"HF {implementation}"] = (layer, list(layer.parameters()))
+    impls["naive mask loop"] = (naive_mask_loop(moe), list(moe.parameters()))
+    dense = dense_equivalent(cfg)
+    impls["dense SwiGLU"] = (dense, list(dense.parameters()))
+
+    print(f"torch {torch.__version__}, torch.set_num_threads({args.threads}), {tokens} tokens, D "
+          f"{cfg.hidden_size}, {cfg.n_routed_experts} routed experts top-{cfg.num_experts_per_tok} + "
+          f"{cfg.n_shared_experts} shared, moe_intermediate_size {cfg.moe_intermediate_size}, dense width "
+          f"{dense.w1.out_features}, float32, {reps} interleaved repetitions")
+    names = list(impls)
+    results = {}
+    for backward in (False, True):
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for fn, params in impls.values():  # warm-up
+            time_once(fn, x, grad, params, backward)
+        for rep in range(reps):
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
+                fn, params = impls[name]
+                times[name].append(time_once(fn, x, grad, params, backward))
+        results[backward] = times
+
+    print(f"{'implementation':<22}{'forward ms':>12}{'/ minimoe':>11}{'fwd+bwd ms':>13}{'/ minimoe':>11}")
+    ratio_to = {}
+    for name in names:
+        row = f"{name:<22}"
+        for backward in (False, True):
+            times = results[backward]
+            ratio = statistics.median(t / ref for t, ref in zip(times[name], times["minimoe loop"]))
+            ratio_to[name, backward] = ratio
+            row += f"{1000 * statistics.median(times[name]):>12.1f}{ratio:>10.2f}x "
+        print(row)
+    for backward, label in ((False, "forward"), (True, "forward+backward")):
+        fastest_hf = min(ratio_to["HF eager", backward], ratio_to["HF grouped_mm", backward])
+        for other, ratio in (("the faster HF", fastest_hf), ("dense SwiGLU", ratio_to["dense SwiGLU", backward])):
+            ours, limit = 1 / ratio, TARGETS["HF" if other == "the faster HF" else other]
+            print(f"{label}: minimoe loop takes {ours:.2f}x the time of {other} "
+                  f"(target <= {limit}x: {'met' if ours <= limit else 'missed'})")
+
+
+if __name__ == "__main__":
+    main()

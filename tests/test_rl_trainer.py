@@ -1,0 +1,169 @@
+"""Rollouts, per-token log-probs, the GRPO trainer and the R1-Zero demo's pieces."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minimoe.config import ModelConfig
+from minimoe.model import Transformer
+from minimoe.rl import accuracy_reward
+from minimoe.rl.demo import CHECKPOINT, TASK, addition_trace, make_trainer, sft_examples
+from minimoe.rl.rollout import completion_logprobs, concat_rollouts, rollout_logprobs, sample_groups
+from minimoe.rl.trainer import GRPOConfig, GRPOTrainer, load_grpo_checkpoint
+from minimoe.tasks import ArithmeticTask, CharTokenizer
+from minimoe.train import load_checkpoint
+
+TOK = CharTokenizer()
+
+
+def _policy(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=TOK.vocab_size, max_position_embeddings=96))
+
+
+def _prompts():
+    return [TOK.encode(q, add_bos=True) for q in ("12+5=", "7+8=", "123+456=")]
+
+
+# ---------------------------------------------------------------- rollouts
+
+def test_sample_groups_shapes_masks_and_group_layout():
+    policy = _policy()
+    rollout = sample_groups(policy, TOK, _prompts(), group_size=4, max_new_tokens=12, temperature=1.0, seed=0)
+    B = 3 * 4
+    assert rollout.prompt_ids.shape == rollout.prompt_mask.shape == (B, 9)
+    assert rollout.completion_ids.shape[0] == B and rollout.completion_ids.shape[1] <= 12
+    assert rollout.completion_mask.shape == rollout.completion_ids.shape and len(rollout.completions) == B
+    for g, prompt in enumerate(_prompts()):  # rows g·G … g·G + G − 1 share prompt g, left-padded
+        for row in range(g * 4, (g + 1) * 4):
+            assert rollout.prompt_ids[row][rollout.prompt_mask[row]].tolist() == prompt
+            assert not rollout.prompt_mask[row, :9 - len(prompt)].any()
+    for row in range(B):  # the mask covers a prefix: real tokens up to and including eos, then padding
+        n = int(rollout.lengths[row])
+        ids = rollout.completion_ids[row].tolist()
+        assert rollout.completion_mask[row, :n].eq(1).all() and rollout.completion_mask[row, n:].eq(0).all()
+        assert TOK.eos_id not in ids[:n - 1] and (n == 12 or ids[n - 1] == TOK.eos_id)
+        assert rollout.completions[row] == TOK.decode(ids[:n])
+    assert len({tuple(r.tolist()) for r in rollout.completion_ids}) > 3  # sampling at T = 1 varies
+
+
+def test_sampling_is_seeded_and_greedy_groups_agree():
+    policy = _policy()
+    a = sample_groups(policy, TOK, _prompts(), 3, 10, temperature=1.0, seed=7)
+    b = sample_groups(policy, TOK, _prompts(), 3, 10, temperature=1.0, seed=7)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    greedy = sample_groups(policy, TOK, _prompts(), 3, 10, temperature=0.0)
+    assert len(set(greedy.completions[:3])) == 1 and len(set(greedy.completions[3:6])) == 1
+    assert policy.layers[0].attn.mode == "naive"  # the latent-cache mode is restored after sampling
+
+
+def test_completion_logprobs_equal_manual_gather_of_log_softmax():
+    policy = _policy().double()
+    rollout = sample_groups(policy, TOK, _prompts(), 2, 10, temperature=1.0, seed=1)
+    logprobs, entropy = rollout_logprobs(policy, rollout, temperature=0.7, with_entropy=True)
+    assert logprobs.shape == entropy.shape == rollout.completion_ids.shape
+    for row in range(len(rollout.completions)):  # each row alone, unpadded, positions from 0
+        prompt = rollout.prompt_ids[row][rollout.prompt_mask[row]]
+        n = int(rollout.lengths[row])
+        completion = rollout.completion_ids[row, :n]
+        with torch.no_grad():
+            logits = policy(torch.cat([prompt, completion])[None])[0, len(prompt) - 1:-1] / 0.7  # (n, V)
+        log_p = F.log_softmax(logits, dim=-1)
+        torch.testing.assert_close(logprobs[row, :n], log_p.gather(-1, completion[:, None]).squeeze(-1))
+        torch.testing.assert_close(entropy[row, :n], -(log_p.exp() * log_p).sum(-1))
+        assert logprobs[row, n:].eq(0).all() and entropy[row, n:].eq(0).all()
+
+
+def test_logprobs_carry_gradients_and_reject_bad_shapes():
+    policy = _policy()
+    rollout = sample_groups(policy, TOK, _prompts(), 2, 6, temperature=1.0, seed=2)
+    rollout_logprobs(policy, rollout).sum().backward()
+    assert policy.embed.weight.grad is not None and policy.embed.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="temperature"):
+        rollout_logprobs(policy, rollout, temperature=0.0)
+    with pytest.raises(ValueError, match="completion_ids"):
+        completion_logprobs(policy, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids[:2],
+                            rollout.completion_mask[:2])
+
+
+def test_select_and_concat_groups():
+    policy = _policy()
+    rollout = sample_groups(policy, TOK, _prompts(), 2, 6, temperature=1.0, seed=3)
+    kept = rollout.select_groups(torch.tensor([True, False, True]))
+    assert kept.completions == rollout.completions[:2] + rollout.completions[4:]
+    both = concat_rollouts([kept, rollout.select_groups(torch.tensor([False, True, False]))], TOK.pad_id)
+    assert both.completions == kept.completions + rollout.completions[2:4] and both.prompt_ids.shape[0] == 6
+    with torch.no_grad():
+        torch.testing.assert_close(rollout_logprobs(policy, both)[:4].sum(-1), rollout_logprobs(policy, kept).sum(-1))
+
+
+# ---------------------------------------------------------------- configuration
+
+@pytest.mark.parametrize("field, value, message", [
+    ("group_size", 1, "group_size"), ("loss_type", "ppo", "loss_type"), ("scale_rewards", "std", "scale_rewards"),
+    ("temperature", 0.0, "temperature"), ("epsilon_low", 1.5, "epsilon_low"), ("beta", -0.1, "beta"),
+    ("num_iterations", 0, "num_iterations"), ("ref_reset_every", 0, "ref_reset_every"),
+    ("template", "no placeholder", "template"), ("steps", 2.5, "steps")])
+def test_bad_settings_raise_clear_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GRPOConfig(**{field: value})
+
+
+def test_trainer_rejects_a_tokenizer_larger_than_the_model():
+    policy = Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=40))
+    with pytest.raises(ValueError, match="vocab_size"):
+        GRPOTrainer(policy, TOK, TASK, accuracy_reward, GRPOConfig())
+
+
+# ---------------------------------------------------------------- the demo's data
+
+def test_addition_trace_is_schoolbook_addition_and_slips_only_on_carries():
+    assert addition_trace(347, 285) == ("7+5=12,4+8+1=13,3+2+1=6", "632")
+    assert addition_trace(999, 1) == ("9+1=10,9+0+1=10,9+0+1=10", "1000")
+    assert addition_trace(347, 285, slip_prob=1.0) == ("7+5=12,4+8=12,3+2=5", "522")
+    rng = random.Random(0)
+    for p in TASK.sample(300, seed=1):
+        assert addition_trace(p.a, p.b)[1] == p.answer
+        assert addition_trace(p.a, p.b, 1.0, rng)[1] == p.answer or p.n_carries > 0
+
+
+def test_sft_examples_supervise_only_the_completion():
+    inputs, targets = sft_examples(TOK, 4, slip_prob=0.0, seed=5)
+    for row in range(4):
+        supervised = targets[row][targets[row] != -100].tolist()
+        text = TOK.decode(supervised)
+        assert text.startswith("<think>") and text.endswith("</answer>") and supervised[-1] == TOK.eos_id
+        assert TOK.decode(inputs[row].tolist()).startswith(TOK.decode(inputs[row].tolist()).split("<")[0])
+
+
+# ---------------------------------------------------------------- training
+
+def test_short_run_from_the_shipped_checkpoint_raises_reward():
+    policy = load_checkpoint(CHECKPOINT).model
+    torch.manual_seed(0)
+    trainer = make_trainer(policy, steps=8, prompts_per_step=8, progress=False, seed=1)
+    history = trainer.train()
+    assert len(history) == 8 and all(0.0 <= a <= 1.0 for a in history.accuracy)
+    first, last = sum(history.reward[:3]) / 3, sum(history.reward[-3:]) / 3
+    assert last > first + 0.1, history.reward
+    assert max(history.clip_fraction) > 0  # num_iterations = 2: the second pass moves the ratio
+    assert history.kl[-1] > 0 and all(e > 0 for e in history.entropy)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    policy = _policy()
+    cfg = GRPOConfig(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=8, template="{question}",
+                     progress=False, num_iterations=2)
+    trainer = GRPOTrainer(policy, TOK, ArithmeticTask(max_digits=1), accuracy_reward, cfg)
+    trainer.train()
+    path = trainer.save_checkpoint(tmp_path / "grpo.pt")
+    loaded = load_grpo_checkpoint(path)
+    assert loaded.config == cfg and loaded.step == 1 and loaded.history == trainer.history
+    for name, value in policy.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], value)
+    assert [p.name for p in tmp_path.iterdir()] == ["grpo.pt"]  # no temporary file left behind
+    with pytest.raises(ValueError, match="GRPO checkpoint"):
+        torch.save({"format": "other"}, tmp_path / "bad.pt")
+        load_grpo_checkpoint(tmp_path / "bad.pt")
