@@ -40,11 +40,11 @@ TARGETS = {"HF": 1.0, "dense SwiGLU": 1.5}  # forward time of minimoe loop at mo
 
 
 def bench_config(quick: bool) -> ModelConfig:
-    size = dict(hidden_size=64, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
-                moe_intermediate_size=32, n_group=4, topk_group=2) if quick else \
-        dict(hidden_size=512, n_routed_experts=64, num_experts_per_tok=6, n_shared_experts=2,
-             moe_intermediate_size=256, n_group=8, topk_group=4)
-    return ModelConfig.from_preset("tiny-v3", num_hidden_layers=1, first_k_dense_replace=0, **size)
+    if quick:
+        return ModelConfig.from_preset("tiny-v3", num_hidden_layers=1, first_k_dense_replace=0)
+    return ModelConfig.from_preset("tiny-v3", num_hidden_layers=1, first_k_dense_replace=0, hidden_size=512,
+                                   n_routed_experts=64, num_experts_per_tok=6, n_shared_experts=2,
+                                   moe_intermediate_size=256, n_group=8, topk_group=4)
 
 
 def hf_moe(moe: DeepSeekMoE, implementation: str) -> DeepseekV3MoE:

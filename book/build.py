@@ -5,8 +5,9 @@ Called by `make book`. The steps:
 1. link the chapters in: `book/chapters -> ../notebooks` (Jupyter Book drops toc entries outside `book/`);
 2. vendor the JavaScript the site serves itself, so that it works offline: MathJax 3 (its `es5` build),
    require.js and the ipywidgets HTML manager, fetched once with `npm pack` into `book/_vendor` and reused;
-3. `jupyter-book build book -W -n --keep-going`: every warning and every cell error fails the build; notebook
-   outputs are cached in `book/_build/.jupyter_cache`, so a rebuild re-executes only the chapters that changed;
+3. `jupyter-book build book -W -n --keep-going`: every warning and every cell error fails the build;
+   notebook outputs are cached in `book/_build/.jupyter_cache`, so a rebuild re-executes only the chapters
+   that changed;
 4. print how long each chapter took to execute (from the jupyter-cache records) and how to open the site.
 
 Usage: `python book/build.py [--book DIR]`.
@@ -51,34 +52,49 @@ def link_chapters(book: Path) -> None:
     link.symlink_to(Path("..") / "notebooks", target_is_directory=True)
 
 
+def tarball_name(spec: str) -> str:
+    """The file `npm pack SPEC` writes, e.g. "@jupyter-widgets/html-manager@1.0.15" ->
+    "jupyter-widgets-html-manager-1.0.15.tgz"."""
+    return spec.lstrip("@").replace("/", "-").replace("@", "-") + ".tgz"
+
+
+def fetch_tarball(spec: str, folder: Path) -> Path:
+    """`npm pack SPEC` into `folder`, unless an earlier build left the tarball there."""
+    tarball = folder / tarball_name(spec)
+    if tarball.exists():
+        return tarball
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit(
+            f"npm is needed once to fetch {spec} into {folder} (no Python package ships MathJax 3 or the "
+            "ipywidgets HTML manager). Install Node.js/npm, or copy book/_vendor from a machine that built "
+            "the book."
+        )
+    print(f"vendoring {spec}", flush=True)
+    subprocess.run([npm, "pack", "--silent", spec], cwd=folder, check=True, capture_output=True, text=True)
+    return tarball
+
+
 def vendor(book: Path) -> Path:
-    """Fetch the vendored JavaScript into `book/_vendor/site/_static/vendor` unless it is already there."""
+    """Unpack the vendored JavaScript into `book/_vendor/site/_static/vendor` unless it is already there."""
     site_vendor = book / "_vendor" / "site" / "_static" / "vendor"
     stamp = site_vendor / "VERSIONS.json"
     wanted = sorted(VENDORED)
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return site_vendor
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SystemExit(
-            "npm is needed once to fetch MathJax 3, require.js and @jupyter-widgets/html-manager into "
-            f"{book / '_vendor'} (no Python package ships them). Install Node.js/npm, or copy a book/_vendor "
-            "folder from a machine that has built the book."
-        )
     tarballs = book / "_vendor" / "npm"
     tarballs.mkdir(parents=True, exist_ok=True)
     if site_vendor.exists():
         shutil.rmtree(site_vendor)
     for spec, (inner, target) in VENDORED.items():
-        print(f"vendoring {spec}", flush=True)
-        name = subprocess.run(
-            [npm, "pack", "--silent", spec], cwd=tarballs, check=True, capture_output=True, text=True
-        ).stdout.strip().splitlines()[-1]
-        with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarballs / name) as tgz:
-            tgz.extractall(tmp, filter="data")
-            source = Path(tmp) / inner
+        tarball = fetch_tarball(spec, tarballs)
+        with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball) as tgz:
+            if hasattr(tarfile, "data_filter"):
+                tgz.extractall(tmp, filter="data")
+            else:
+                tgz.extractall(tmp)  # Python before 3.10.12 has no extraction filters
             shutil.copytree(
-                source,
+                Path(tmp) / inner,
                 site_vendor / target,
                 ignore=lambda _dir, names: [n for n in names if n in SKIP_NAMES or n.endswith(SKIP_SUFFIXES)],
             )
@@ -94,7 +110,7 @@ def run_jupyter_book(book: Path) -> int:
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(book), "-W", "-n", "--keep-going"]
     print("$ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd).returncode
+    return subprocess.run(cmd, check=False).returncode
 
 
 def chapter_timings(book: Path, since: dt.datetime) -> list[tuple[str, float | None, str]]:
@@ -131,7 +147,8 @@ def print_report(rows: list[tuple[str, float | None, str]], wall_s: float, html:
     print(f"{'':<{width}}  {executed:9.1f}s  executed in this build, {wall_s:.0f} s wall time in all")
     if wall_s > BOOK_BUDGET_S:
         print(f"the build took {wall_s:.0f} s, over the {BOOK_BUDGET_S} s budget")
-    print(f"\nThe site is in {html}. Open it with\n    python -m http.server -d {html}\nand visit http://127.0.0.1:8000")
+    print(f"\nThe site is in {html}. Open it with\n    python -m http.server -d {html}")
+    print("and visit http://127.0.0.1:8000")
 
 
 def main(argv: list[str] | None = None) -> int:

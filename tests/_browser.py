@@ -1,4 +1,4 @@
-"""Shared helpers for the browser tests: headless Debian chromium driven by Playwright, nothing beyond localhost.
+"""Helpers for the browser tests: headless Debian chromium driven by Playwright, nothing beyond localhost.
 
 Chromium comes from apt (`make browser-deps`), Playwright from the `dev` extra; without either, the browser
 tests skip and say which one is missing.
@@ -7,7 +7,6 @@ tests skip and say which one is missing.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -75,7 +74,3 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def have_npm() -> bool:
-    return shutil.which("npm") is not None

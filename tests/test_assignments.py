@@ -77,6 +77,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 SNOOP = """
 import pathlib, sqlite3
+needles = [b"_gua" + b"rded(", b"Hidden test: rope_rotate " + b"differs"]  # split: not found in this cell
 found, seen = [], 0
 here = pathlib.Path.cwd()
 for top in [here, *list(here.parents)[:4]]:  # up to the grader's staging folder
@@ -84,9 +85,9 @@ for top in [here, *list(here.parents)[:4]]:  # up to the grader's staging folder
         if p.is_file() and p.suffix in (".ipynb", ".db", ".json", ".py"):
             seen += 1
             text = p.read_bytes()
-            if b"BEGIN HIDDEN TESTS" in text or b"_guarded" in text:
+            if any(n in text for n in needles):
                 found.append(str(p))
-print("LEAKED" if found else f"nothing found in {seen} files")
+print(f"LEAKED from {found}" if found else f"nothing found in {seen} files")
 """
 
 
@@ -234,7 +235,8 @@ def test_feedback_names_failures_without_revealing_hidden_tests(a1):
     patched = (course / "feedback" / "monkeypatch" / "a1_mla" / "a1_mla.html").read_text()
     release = (course / "feedback" / "release" / "a1_mla" / "a1_mla.html").read_text()
     for html in (patched, release):
-        for secret in ("BEGIN HIDDEN TESTS", "_guarded", "_gen", "randint", "from_preset(_preset)", "Traceback"):
+        for secret in ("BEGIN HIDDEN TESTS", "_guarded", "_gen", "randint", "from_preset(_preset)",
+                       "Traceback (most recent call last)", "Cell In["):
             assert secret not in html, secret
     assert "Hidden test: rope_rotate differs from the reference on unseen inputs" in patched
     assert "NotImplementedError raised while this cell" in release

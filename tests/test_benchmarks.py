@@ -23,3 +23,13 @@ def test_mla_decode_quick():
     assert "MLA-absorbed holds (kv_lora_rank + qk_rope_head_dim) x layers" in result.stdout
     assert "elements per token: OK" in result.stdout
     assert "absorbed/naive" in result.stdout
+
+
+@pytest.mark.slow
+def test_moe_dispatch_quick():
+    result = run_script("moe_dispatch.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    for name in ("minimoe loop", "HF eager", "HF grouped_mm", "naive mask loop", "dense SwiGLU"):
+        assert name in result.stdout
+    assert "torch.set_num_threads(1)" in result.stdout
+    assert "forward+backward: minimoe loop takes" in result.stdout

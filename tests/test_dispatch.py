@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.moe.experts import (DeepSeekMoE, capacity_mask, dispatch_sorted, grouped_mm_supported,
-                                 naive_moe_forward, sort_by_expert)
+from minimoe.moe.experts import (
+    DeepSeekMoE,
+    capacity_mask,
+    dispatch_sorted,
+    grouped_mm_supported,
+    naive_moe_forward,
+    sort_by_expert,
+)
 
 
 def _moe(dtype=torch.float64, **kw) -> DeepSeekMoE:

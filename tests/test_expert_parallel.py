@@ -56,7 +56,7 @@ def _check_against_single_process(rank: int, preset: str) -> None:
             owner = int(expert) // len(layer.experts)
             torch.testing.assert_close(gathered[owner], _grad(p), msg=name)
         else:
-            tol = dict(rtol=1e-5, atol=1e-5) if name.startswith("gate.") else {}  # the router runs in float32
+            tol = {"rtol": 1e-5, "atol": 1e-5} if name.startswith("gate.") else {}  # the router runs in float32
             torch.testing.assert_close(local[name], _grad(p), msg=name, **tol)
 
 

@@ -1,8 +1,8 @@
 """Two fixes to the Jupyter Book 1 site, loaded from `_config.yml` (`sphinx.local_extensions`).
 
-- Launch buttons only once the book names its repository. sphinx-book-theme builds Binder/JupyterHub links from
-  `repository.url` and fails the build when a launch service is configured but the URL is empty; so while the
-  URL is empty the launch buttons are dropped, and they appear as soon as `repository.url` is set.
+- Launch buttons only once the book names its repository. sphinx-book-theme builds Binder/JupyterHub links
+  from `repository.url` and fails the build when a launch service is configured but the URL is empty; so
+  while the URL is empty the launch buttons are dropped, and they appear as soon as `repository.url` is set.
 - Each script once per page. sphinx-thebe registers its inline configuration script (`const THEBE_JS_URL = …`)
   twice during a Jupyter Book build, once with filename None and once with "", so every page declared the
   constant twice and the browser logged a SyntaxError.

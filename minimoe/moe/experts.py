@@ -92,7 +92,10 @@ def sort_by_expert(indices: torch.Tensor, n_experts: int,
 
 def grouped_mm_supported(x: torch.Tensor) -> bool:
     """Whether this torch offers ``grouped_mm`` for x's device and dtype (CPU: float32/bfloat16/float16;
-    CUDA: bfloat16 on compute capability ≥ 8.0, as its documentation states)."""
+    CUDA: bfloat16 on compute capability ≥ 8.0, as its documentation states).
+
+    Shapes: x (N, D) -> bool.
+    """
     if _grouped_mm is None:
         return False
     if x.is_cuda:
@@ -165,7 +168,7 @@ class DeepSeekMoE(nn.Module):
       keeps at most ⌈capacity_factor · N·K / E⌉ tokens of the batch, dropping its lowest-affinity ones
       (``capacity_mask``); a dropped token still gets its other experts and the shared ones. As in DeepSeek-V2
       §2.2.4 nothing is dropped in eval mode. ``last_dropped`` (..., K) bool marks the dropped assignments (None
-      when nothing was dropped).
+      when no capacity applied).
     - ``experts_impl``: ``"loop"``, ``"grouped_mm"`` or ``"auto"`` (``grouped_mm`` on a GPU where torch offers
       it, the loop on a CPU, where it measured faster: ``benchmarks/moe_dispatch.py``).
     """

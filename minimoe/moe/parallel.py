@@ -157,7 +157,7 @@ def main() -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if backend == "nccl" else torch.device("cpu")
     torch.manual_seed(0)  # the same weights and tokens on every rank
     cfg = ModelConfig.from_preset("small-v3")
     moe = DeepSeekMoE(cfg).to(device)

@@ -1,7 +1,7 @@
 """R1-Zero in miniature: a tiny MLA + MoE policy learns to carry with GRPO, on a laptop CPU in minutes.
 
 The story of DeepSeek-R1 (§2.2–2.3) at toy scale. A policy is first fine-tuned (SFT) on worked solutions of
-three-digit additions written by a sloppy teacher: the teacher adds column by column inside `<think>…</think>`, but
+three-digit additions written by a sloppy teacher: the teacher adds column by column inside `<think>…</think>` ("7+5+0=12,4+8+1=13,3+2+1=06" for 347 + 285), but
 forgets an incoming carry with probability `slip_prob` (0.6), and its `<answer>` follows its own work. The SFT policy
 therefore writes the format perfectly, carries sometimes and, decoding greedily, copies the teacher's majority habit:
 it is right only on the problems that need no carry. GRPO with the rule-based rewards of R1-Zero (accuracy + format,
@@ -39,10 +39,11 @@ MAX_NEW_TOKENS = 64
 
 
 def addition_trace(a: int, b: int, slip_prob: float = 0.0, rng: random.Random | None = None) -> tuple[str, str]:
-    """Schoolbook addition of `a + b`, units column first: ("7+5=12,4+8+1=13,3+2+1=6", "632") for 347 + 285.
+    """Schoolbook addition of `a + b`, units column first: ("7+5+0=12,4+8+1=13,3+2+1=06", "632") for 347 + 285.
 
-    Each incoming carry is forgotten with probability `slip_prob` (the column is then written without "+1"), and
-    the answer is read off the work, so a slip gives a consistent but wrong answer.
+    Every column is written digit + digit + carry = two-digit sum, so each character sits at a fixed offset from
+    the digits it depends on (easy for a tiny model to learn). Each incoming carry is forgotten with probability
+    `slip_prob` (written "+0"), and the answer is read off the work, so a slip gives a consistent wrong answer.
     """
     if a < 0 or b < 0:
         raise ValueError(f"addition_trace needs non-negative operands; got {a} and {b}")
@@ -53,9 +54,9 @@ def addition_trace(a: int, b: int, slip_prob: float = 0.0, rng: random.Random | 
     digits_a, digits_b = str(a).zfill(n_columns)[::-1], str(b).zfill(n_columns)[::-1]
     steps, result, carry = [], 0, 0
     for i, (x, y) in enumerate(zip(digits_a, digits_b)):
-        carried = carry and rng.random() >= slip_prob
+        carried = int(carry and rng.random() >= slip_prob)
         column = int(x) + int(y) + carried
-        steps.append(f"{x}+{y}{'+1' if carried else ''}={column}")
+        steps.append(f"{x}+{y}+{carried}={column:02d}")
         carry = column // 10
         result += (column % 10) * 10**i
     result += carry * 10**n_columns
