@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +86,14 @@ class TrainConfig:
     """Where the model and the batches live ("cpu", "cuda", …)."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    checkpoint_path: str | None = None
+    """Where to save model, optimizer state and history (atomically) every ``checkpoint_every`` steps, at the end,
+    and when the run is interrupted; None = keep everything in memory only."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints when ``checkpoint_path`` is set."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "log_every"):
+        for name in ("steps", "batch_size", "seq_len", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{name} ({value!r}) must be a positive integer")
@@ -233,44 +239,64 @@ def train(model: Transformer, data_fn: DataFn, cfg: TrainConfig,
     model.to(cfg.device).train()
     optimizer = make_optimizer(model, cfg) if optimizer is None else optimizer
     moes = moe_layers(model)
-    n_experts = model_cfg.n_routed_experts
     generator = torch.Generator().manual_seed(cfg.seed)
     history = History(moe_layers=[i for i, _ in moes])
     bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress)
-    for step in bar:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        inputs, targets = _batch(data_fn, step, cfg, generator, model_cfg.vocab_size)
-        logits = model(inputs)  # (B, T, V)
-        lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-        routing = [moe.last_routing for _, moe in moes]
-        bal_loss = balance_loss(routing, n_experts, balancing).to(lm_loss.device)
-        loss = lm_loss + bal_loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr ({cfg.lr}) or check data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-        optimizer.step()
-        loads = [expert_load(indices, n_experts) for _, indices in routing]  # per layer (E,)
-        if balancing.mode in ("aux_free", "both"):
-            for (_, moe), load in zip(moes, loads):
-                moe.gate.bias.copy_(update_selection_bias(moe.gate.bias, load, balancing.bias_gamma))
-        history.step.append(step)
-        history.loss.append(loss.item())
-        history.lm_loss.append(lm_loss.item())
-        history.balance_loss.append(bal_loss.item())
-        history.lr.append(lr)
-        history.grad_norm.append(grad_norm.item())
-        history.expert_load.append([load.tolist() for load in loads])
-        history.max_vio.append([max_violation(load).item() for load in loads])
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            shown = {"loss": f"{lm_loss.item():.3f}", "lr": f"{lr:.1e}"}
-            if loads:
-                shown["maxvio"] = f"{max(history.max_vio[-1]):.2f}"
-            bar.set_postfix(shown)
+    try:
+        for step in bar:
+            _train_step(model, data_fn, cfg, optimizer, moes, balancing, generator, history, step, bar)
+            if cfg.checkpoint_path and (step + 1) % cfg.checkpoint_every == 0:
+                save_checkpoint(cfg.checkpoint_path, model, optimizer, history)
+    except KeyboardInterrupt:
+        # No lost work: the model keeps what it learned (it is trained in place) and the history comes back.
+        warnings.warn(f"training interrupted after {len(history)} of {cfg.steps} steps; returning the history so far"
+                      + (f" (checkpoint saved to {cfg.checkpoint_path})" if cfg.checkpoint_path else ""),
+                      stacklevel=2)
+    finally:
+        bar.close()
+        if cfg.checkpoint_path and len(history):
+            save_checkpoint(cfg.checkpoint_path, model, optimizer, history)
     return history
+
+
+def _train_step(model: Transformer, data_fn: DataFn, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
+                moes: list[tuple[int, DeepSeekMoE]], balancing: Balancing, generator: torch.Generator,
+                history: History, step: int, bar: tqdm) -> None:
+    """One optimizer step; appends its metrics to ``history``."""
+    model_cfg = model.cfg
+    n_experts = model_cfg.n_routed_experts
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    inputs, targets = _batch(data_fn, step, cfg, generator, model_cfg.vocab_size)
+    logits = model(inputs)  # (B, T, V)
+    lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+    routing = [moe.last_routing for _, moe in moes]
+    bal_loss = balance_loss(routing, n_experts, balancing).to(lm_loss.device)
+    loss = lm_loss + bal_loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr ({cfg.lr}) or check data")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+    optimizer.step()
+    loads = [expert_load(indices, n_experts) for _, indices in routing]  # per layer (E,)
+    if balancing.mode in ("aux_free", "both"):
+        for (_, moe), load in zip(moes, loads):
+            moe.gate.bias.copy_(update_selection_bias(moe.gate.bias, load, balancing.bias_gamma))
+    history.step.append(step)
+    history.loss.append(loss.item())
+    history.lm_loss.append(lm_loss.item())
+    history.balance_loss.append(bal_loss.item())
+    history.lr.append(lr)
+    history.grad_norm.append(grad_norm.item())
+    history.expert_load.append([load.tolist() for load in loads])
+    history.max_vio.append([max_violation(load).item() for load in loads])
+    if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        shown = {"loss": f"{lm_loss.item():.3f}", "lr": f"{lr:.1e}"}
+        if loads:
+            shown["maxvio"] = f"{max(history.max_vio[-1]):.2f}"
+        bar.set_postfix(shown)
 
 
 def _batch(data_fn: DataFn, step: int, cfg: TrainConfig, generator: torch.Generator,

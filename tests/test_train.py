@@ -197,3 +197,21 @@ def test_bad_batches_raise():
 
     with pytest.raises(ValueError, match="targets must lie in"):
         train(tiny(), big_targets, quick())
+
+
+def test_periodic_checkpoints_and_an_interrupted_run_keep_the_work(tmp_path):
+    path = tmp_path / "run.pt"
+
+    def interrupted_task(step, batch_size, seq_len, generator):
+        if step == 7:
+            raise KeyboardInterrupt
+        return TASK(step, batch_size, seq_len, generator)
+
+    model = tiny()
+    with pytest.warns(UserWarning, match="interrupted after 7 of 30 steps"):
+        history = train(model, interrupted_task, quick(checkpoint_path=str(path), checkpoint_every=5))
+    assert len(history) == 7  # the steps that finished are all there
+    restored, optimizer_state, saved = load_checkpoint(path)
+    assert len(saved) == 7 and optimizer_state is not None
+    tokens = torch.randint(0, TASK.vocab_size, (2, 8))
+    torch.testing.assert_close(restored(tokens), model.eval()(tokens))
