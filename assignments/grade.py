@@ -6,7 +6,8 @@ and silently drops a submission whose kernel dies (``os._exit``, out of memory):
 
 - grades each student in a throw-away copy of the course that has no ``source/``, against a private copy of the
   gradebook whose cell sources are blanked (``nbgrader_ext.ScrubGradebook``) once the test cells have been restored,
-  so the submission's code finds no hidden tests beside it;
+  and deletes the sanitised notebook nbgrader leaves in the kernel's folder before executing it
+  (``ScrubAutogradedInput``), so the submission's code finds no hidden tests beside it;
 - runs ``timeout N nbgrader autograde <a> --student=<s>`` in its own process group (killed afterwards, with
   anything the submission left running) under a memory limit, so one submission cannot stall or sink the batch;
 - reports every submission nbgrader failed or dropped, loudly, and exits with status 2;
@@ -107,9 +108,10 @@ def _stage(course: Path, assignment: str, student: str, root: Path) -> tuple[Pat
         src.backup(dst)
     with open(stage / "nbgrader_config.py", "a") as f:
         f.write("\n# Added by grade.py for this staging copy only.\n"
-                "from nbgrader_ext import ScrubGradebook  # noqa: E402\n"
+                "from nbgrader_ext import ScrubAutogradedInput, ScrubGradebook  # noqa: E402\n"
                 f"c.CourseDirectory.db_url = {'sqlite:///' + str(db)!r}\n"
                 "c.Autograde.sanitize_preprocessors = c.Autograde.sanitize_preprocessors + [ScrubGradebook]\n"
+                "c.Autograde.autograde_preprocessors = [ScrubAutogradedInput, *c.Autograde.autograde_preprocessors]\n"
                 f"c.ScrubGradebook.db_path = {str(db)!r}\n")
     return stage, db
 

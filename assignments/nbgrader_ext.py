@@ -7,6 +7,8 @@
   gradebook, blank the cell sources of this notebook (and of every other assignment) in that gradebook, so the
   student code that runs next cannot read the hidden tests from ``gradebook.db``. Destructive by design: ``grade.py`` enables it only for the throw-away copy of the
   gradebook it grades each student against; it refuses to run unless ``NBGRADER_SCRUB_OK`` names that very file.
+- ``ScrubAutogradedInput``: delete the sanitised notebook nbgrader left on disk in the kernel's folder (it holds
+  the restored hidden tests) before the first cell runs; also ``grade.py``'s staging copy only.
 - ``SanitizeHiddenOutputs``: for feedback, in every cell that holds hidden tests, replace the outputs by one error
   line without traceback, whose message is the failing assertion's own message when that text is written in the
   test cell (test messages name the check, never its inputs), else a generic one. A failing hidden assert's
@@ -64,6 +66,24 @@ class ScrubGradebook(NbGraderPreprocessor):
             db.execute("UPDATE source_cell SET source = '', checksum = '' WHERE notebook_id IN ("
                        "SELECT notebook.id FROM notebook JOIN assignment ON notebook.assignment_id = assignment.id "
                        "WHERE assignment.name != ? OR notebook.name = ?)", (assignment, notebook))
+        return nb, resources
+
+
+class ScrubAutogradedInput(NbGraderPreprocessor):
+    """Delete the on-disk copy of the notebook being autograded once it is in memory, before any cell runs.
+
+    nbgrader writes the sanitised notebook (test cells restored, hidden tests included) into the student's
+    ``autograded/`` folder, which is the kernel's working directory, then reads it back and executes it: student code
+    could read the hidden tests from it. nbgrader writes the executed notebook there afterwards. Only under
+    ``grade.py`` (``NBGRADER_SCRUB_OK`` set), where the folder is a throw-away copy.
+    """
+
+    def preprocess(self, nb, resources):
+        if not os.environ.get("NBGRADER_SCRUB_OK"):
+            raise RuntimeError("ScrubAutogradedInput only runs under grade.py's staging copy")
+        path = os.path.join(resources["metadata"]["path"], resources["unique_key"] + ".ipynb")
+        if os.path.exists(path):
+            os.remove(path)
         return nb, resources
 
 

@@ -18,7 +18,8 @@ overhead, as on real hardware, and one forward pass stays about a second on one 
 
 The implementations run interleaved (one of each per repetition, in rotating order); the table gives the median
 time and, per implementation, the median over repetitions of its time divided by minimoe loop's time in the same
-repetition. Run: ``python benchmarks/moe_dispatch.py`` (about 3 minutes on one core), ``--quick`` for tests.
+repetition. Times are the process's CPU time (``time.process_time``): on a machine shared with other jobs it stays
+what an idle machine's wall clock would show with one thread, where the wall clock would mostly measure the others. Run: ``python benchmarks/moe_dispatch.py`` (about 3 minutes on one core), ``--quick`` for tests.
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ def hf_moe(moe: DeepSeekMoE, implementation: str) -> DeepseekV3MoE:
 
 
 def naive_mask_loop(moe: DeepSeekMoE) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Every expert in turn finds its tokens with ``nonzero`` on a mask, even when it has none."""
+    """Every expert in turn finds its tokens with ``nonzero`` on a mask (as Mixtral's first transformers code did)."""
     def forward(x: torch.Tensor) -> torch.Tensor:
         weights, indices, _ = moe.gate(x)
         out = torch.zeros_like(x)  # (N, D)
         for e, expert in enumerate(moe.experts):
             token, slot = (indices == e).nonzero(as_tuple=True)  # (n_e,), (n_e,)
-            out = out.index_add(0, token, expert(x[token]) * weights[token, slot, None])
+            out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
         return out + moe.shared_experts(x)
     return forward
 
@@ -83,13 +84,13 @@ def time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad:
         p.grad = None
     if backward:
         x = x.detach().requires_grad_()
-        start = time.perf_counter()
+        start = time.process_time()
         fn(x).backward(grad)
     else:
         with torch.no_grad():
-            start = time.perf_counter()
+            start = time.process_time()
             fn(x)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main() -> None:
@@ -125,7 +126,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, torch.set_num_threads({args.threads}), {tokens} tokens, D "
           f"{cfg.hidden_size}, {cfg.n_routed_experts} routed experts top-{cfg.num_experts_per_tok} + "
           f"{cfg.n_shared_experts} shared, moe_intermediate_size {cfg.moe_intermediate_size}, dense width "
-          f"{dense.w1.out_features}, float32, {reps} interleaved repetitions")
+          f"{dense.w1.out_features}, float32, {reps} interleaved repetitions, process CPU time")
     names = list(impls)
     results = {}
     for backward in (False, True):

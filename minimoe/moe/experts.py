@@ -125,7 +125,7 @@ def run_experts(x_sorted: torch.Tensor, counts: torch.Tensor, experts: nn.Module
     ``"loop"``: one call per expert that received tokens; ``split`` makes the slices views of one buffer, so the
     backward pass concatenates their gradients once (slicing would build one N·K-row zero gradient per expert).
     ``"grouped_mm"``: three grouped matrix products over the experts' weights stacked into (E, ·, ·) tensors
-    (the stacking is a copy of all routed weights per call: cheap on a GPU, costly on a CPU).
+    (stacking copies all routed weights at every call).
 
     Shapes: x_sorted (M, D), counts (E,) with counts.sum() = M -> (M, D).
     """
@@ -170,7 +170,7 @@ class DeepSeekMoE(nn.Module):
       §2.2.4 nothing is dropped in eval mode. ``last_dropped`` (..., K) bool marks the dropped assignments (None
       when no capacity applied).
     - ``experts_impl``: ``"loop"``, ``"grouped_mm"`` or ``"auto"`` (``grouped_mm`` on a GPU where torch offers
-      it, the loop on a CPU, where it measured faster: ``benchmarks/moe_dispatch.py``).
+      it, else the loop: on a CPU the two measured the same, ``benchmarks/moe_dispatch.py``).
     """
 
     def __init__(self, cfg: ModelConfig, capacity_factor: float | None = None, experts_impl: str = "auto") -> None:

@@ -166,7 +166,8 @@ def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask:
     real = torch.cat([prompt_mask.bool(), completion_mask.bool()], dim=1).to(device)  # (B, P + T)
     position_ids = (real.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, P + T)
     logits = model(tokens, position_ids=position_ids, padding_mask=real)  # (B, P + T, V)
-    logits = logits[:, P - 1:-1].float() / temperature  # (B, T, V): position P − 1 + t predicts o_t
+    logits = logits[:, P - 1:-1]  # (B, T, V): position P − 1 + t predicts o_t
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # at least float32
     log_probs = F.log_softmax(logits, dim=-1)  # (B, T, V)
     mask = completion_mask.to(device=device, dtype=log_probs.dtype)
     token_logprobs = log_probs.gather(-1, completion_ids.to(device)[..., None]).squeeze(-1) * mask  # (B, T)
