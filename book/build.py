@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,7 @@ VENDORED = {
 SKIP_SUFFIXES = (".map",)
 SKIP_NAMES = {"bin", "package.json", "README.md"}
 
+NOTEBOOK_FAILED = re.compile(r"([^/\s]+)\.ipynb: WARNING: Executing notebook failed")
 CHAPTER_BUDGET_S = 180
 BOOK_BUDGET_S = 15 * 60
 
@@ -105,16 +107,27 @@ def vendor(book: Path) -> Path:
     return site_vendor
 
 
-def run_jupyter_book(book: Path) -> int:
-    """Run `jupyter-book build BOOK -W -n --keep-going` with the jupyter-book beside this Python."""
+def run_jupyter_book(book: Path) -> tuple[int, set[str]]:
+    """Run `jupyter-book build BOOK -W -n --keep-going` with the jupyter-book beside this Python.
+
+    Returns its exit status and the names of the notebooks whose execution failed (read from its log, which
+    is passed through as it comes).
+    """
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(book), "-W", "-n", "--keep-going"]
     print("$ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    failed = set()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            match = NOTEBOOK_FAILED.search(line)
+            if match:
+                failed.add(match.group(1))
+    return proc.returncode, failed
 
 
-def chapter_timings(book: Path, since: dt.datetime) -> list[tuple[str, float | None, str]]:
-    """(chapter, execution seconds, "executed" | "cached" | "not executed") for each chapter notebook."""
+def chapter_timings(book: Path, since: dt.datetime, failed: set[str]) -> list[tuple[str, float | None, str]]:
+    """(chapter, execution seconds, "executed" | "cached" | "FAILED" | "not executed") for each chapter."""
     from jupyter_cache import get_cache
 
     cache_dir = book / "_build" / ".jupyter_cache"
@@ -128,7 +141,7 @@ def chapter_timings(book: Path, since: dt.datetime) -> list[tuple[str, float | N
             except KeyError:
                 record = None
         if record is None:
-            rows.append((nb.stem, None, "not executed"))
+            rows.append((nb.stem, None, "FAILED" if nb.stem in failed else "not executed"))
             continue
         seconds = (record.data or {}).get("execution_seconds")
         state = "executed" if record.created >= since else "cached"
@@ -160,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     link_chapters(book)
     vendor(book)
-    returncode = run_jupyter_book(book)
+    returncode, failed = run_jupyter_book(book)
     html = book / "_build" / "html"
     try:
         html_shown = html.relative_to(Path.cwd())
     except ValueError:
         html_shown = html
-    print_report(chapter_timings(book, since), time.monotonic() - start_wall, html_shown)
+    print_report(chapter_timings(book, since, failed), time.monotonic() - start_wall, html_shown)
     if returncode != 0:
         logs = sorted((html / "reports").glob("**/*.err.log")) if (html / "reports").exists() else []
         print(f"\nThe build FAILED (jupyter-book exit {returncode}).", file=sys.stderr)

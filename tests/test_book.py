@@ -11,6 +11,7 @@ import functools
 import http.server
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -127,9 +128,14 @@ def run_build(book: Path = BOOK) -> subprocess.CompletedProcess:
 
 
 @functools.cache
+def build_once() -> subprocess.CompletedProcess:
+    """Build the real book once per session (incremental: only changed chapters execute)."""
+    return run_build()
+
+
 def built_site() -> tuple[Path, str]:
-    """Build the real book once per session (incremental) and return the HTML folder and the build log."""
-    result = run_build()
+    """The HTML folder and the build log of a successful build."""
+    result = build_once()
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return HTML, result.stdout
 
@@ -189,11 +195,7 @@ def test_rebuild_reexecutes_only_the_edited_chapter_and_a_cell_error_fails_it(tm
     if not (vendor / "site").exists():
         built_site()
     book = tmp_path / "book"
-    book.mkdir()
-    for name in ("_config.yml", "_toc.yml", "intro.md", "assignments.md", "glossary.md", "bibliography.md",
-                 "references.bib"):
-        (book / name).write_text((BOOK / name).read_text(encoding="utf-8"), encoding="utf-8")
-    (book / "_ext").symlink_to(BOOK / "_ext")
+    shutil.copytree(BOOK, book, ignore=shutil.ignore_patterns("_build", "_vendor", "chapters", "__pycache__"))
     (book / "_vendor").symlink_to(vendor)
     (tmp_path / "notebooks").mkdir()
     write_tiny_notebook(tmp_path / "notebooks" / "00_first.ipynb", 0, "print(6 * 7)")
@@ -214,6 +216,7 @@ def test_rebuild_reexecutes_only_the_edited_chapter_and_a_cell_error_fails_it(tm
     broken = run_build(book)
     assert broken.returncode != 0
     assert "broken chapter" in broken.stdout + broken.stderr
+    assert re.search(r"^03_second\s+-\s+FAILED", broken.stdout, re.MULTILINE), broken.stdout[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------- the browser

@@ -1,6 +1,7 @@
 """Rollouts, per-token log-probs, the GRPO trainer and the R1-Zero demo's pieces."""
 
 import random
+import re
 
 import pytest
 import torch
@@ -120,9 +121,11 @@ def test_trainer_rejects_a_tokenizer_larger_than_the_model():
 # ---------------------------------------------------------------- the demo's data
 
 def test_addition_trace_is_schoolbook_addition_and_slips_only_on_carries():
-    assert addition_trace(347, 285) == ("7+5=12,4+8+1=13,3+2+1=6", "632")
-    assert addition_trace(999, 1) == ("9+1=10,9+0+1=10,9+0+1=10", "1000")
-    assert addition_trace(347, 285, slip_prob=1.0) == ("7+5=12,4+8=12,3+2=5", "522")
+    assert addition_trace(347, 285) == ("7+5+0=12,4+8+1=13,3+2+1=06", "632")
+    assert addition_trace(999, 1) == ("9+1+0=10,9+0+1=10,9+0+1=10", "1000")
+    assert addition_trace(347, 285, slip_prob=1.0) == ("7+5+0=12,4+8+0=12,3+2+0=05", "522")
+    with pytest.raises(ValueError, match="slip_prob"):
+        addition_trace(1, 2, slip_prob=1.5)
     rng = random.Random(0)
     for p in TASK.sample(300, seed=1):
         assert addition_trace(p.a, p.b)[1] == p.answer
@@ -133,23 +136,33 @@ def test_sft_examples_supervise_only_the_completion():
     inputs, targets = sft_examples(TOK, 4, slip_prob=0.0, seed=5)
     for row in range(4):
         supervised = targets[row][targets[row] != -100].tolist()
-        text = TOK.decode(supervised)
-        assert text.startswith("<think>") and text.endswith("</answer>") and supervised[-1] == TOK.eos_id
-        assert TOK.decode(inputs[row].tolist()).startswith(TOK.decode(inputs[row].tolist()).split("<")[0])
+        assert supervised[-1] == TOK.eos_id
+        completion = TOK.decode(supervised)
+        assert completion.startswith("<think>") and completion.endswith("</answer>")
+        prompt = TOK.decode(inputs[row].tolist()).split("<think>")[0]
+        assert inputs[row, 0] == TOK.bos_id and re.fullmatch(r"\d{3}\+\d{3}=", prompt)
+        a, b = map(int, prompt[:-1].split("+"))
+        assert completion.endswith(f"<answer>{a + b}</answer>")  # slip_prob 0: the teacher is right
+        # next-token targets: the input shifted by one, on the completion only
+        start = len(prompt) + 1
+        assert targets[row, start - 1:start - 1 + len(supervised) - 1].tolist() == inputs[row, start:start + len(
+            supervised) - 1].tolist()
 
 
 # ---------------------------------------------------------------- training
 
-def test_short_run_from_the_shipped_checkpoint_raises_reward():
+def test_short_run_from_the_shipped_checkpoint_improves_the_policy():
+    """The shipped SFT policy never carries when greedy; ten GRPO steps (≈ 10 s of CPU) teach it to."""
     policy = load_checkpoint(CHECKPOINT).model
-    torch.manual_seed(0)
-    trainer = make_trainer(policy, steps=8, prompts_per_step=8, progress=False, seed=1)
+    trainer = make_trainer(policy, steps=10, progress=False, seed=1)
+    before = trainer.evaluate(n=64)["accuracy"]
     history = trainer.train()
-    assert len(history) == 8 and all(0.0 <= a <= 1.0 for a in history.accuracy)
-    first, last = sum(history.reward[:3]) / 3, sum(history.reward[-3:]) / 3
-    assert last > first + 0.1, history.reward
+    after = trainer.evaluate(n=64)["accuracy"]
+    assert len(history) == 10 and all(0.0 <= a <= 1.0 for a in history.accuracy)
+    assert after > before + 0.15, (before, after)
+    assert sum(history.reward[-5:]) > sum(history.reward[:5]), history.reward
     assert max(history.clip_fraction) > 0  # num_iterations = 2: the second pass moves the ratio
-    assert history.kl[-1] > 0 and all(e > 0 for e in history.entropy)
+    assert history.kl[0] < 1e-6 < history.kl[-1] and all(e > 0 for e in history.entropy)
 
 
 def test_checkpoint_round_trip(tmp_path):

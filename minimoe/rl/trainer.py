@@ -76,6 +76,9 @@ class GRPOConfig:
     """With dynamic_sampling, at most this many rollouts per step; the step trains on what was kept."""
     template: str = "compact"
     """Prompt template: "r1", "compact" or a format string with "{question}" (``minimoe.tasks.format_prompt``)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over the first steps. Adam's first updates move every weight by about lr
+    whatever the gradient's size, which on one noisy batch of rewards can undo the SFT policy."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float | None = 1.0
@@ -114,6 +117,8 @@ class GRPOConfig:
             raise ValueError(f"temperature ({self.temperature}) must be > 0: GRPO needs sampled, varied groups")
         if self.ref_reset_every is not None and not (isinstance(self.ref_reset_every, int) and self.ref_reset_every > 0):
             raise ValueError(f"ref_reset_every ({self.ref_reset_every!r}) must be a positive integer or None")
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ValueError(f"warmup_steps ({self.warmup_steps!r}) must be a non-negative integer")
         if not (isinstance(self.eval_every, int) and self.eval_every >= 0):
             raise ValueError(f"eval_every ({self.eval_every!r}) must be a non-negative integer (0 = never)")
         if not (isinstance(self.seed, int) and self.seed >= 0):
@@ -239,6 +244,8 @@ class GRPOTrainer:
         with torch.no_grad():
             ref_logprobs = rollout_logprobs(self.ref, rollout, temperature=cfg.temperature)  # (B, T)
         self.policy.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (self.step + 1) / (cfg.warmup_steps + 1))
         old_logprobs, losses, clips = None, [], []
         for iteration in range(cfg.num_iterations):
             logprobs, entropy = rollout_logprobs(self.policy, rollout, temperature=cfg.temperature,
