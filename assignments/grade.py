@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sqlite3
 import sys
 import tempfile
@@ -145,33 +147,118 @@ def _merge(course: Path, db: Path, stage: Path, assignment: str, student: str) -
     return score, max_score
 
 
-# The nbgrader process of every submission is forked from one server that has imported nbgrader and its
-# dependencies once (~4 s of CPU per process otherwise, half of it jsonschema's rfc3987 grammar). Each submission
-# still gets its own process, session, course copy, gradebook copy, memory limit and kernel.
+# The nbgrader process of every submission is forked from one server process that has imported nbgrader and its
+# dependencies once (otherwise ~4 s of CPU per submission, half of it jsonschema building its rfc3987 grammar). Each
+# submission still gets its own process, session, course copy, gradebook copy, memory limit and kernel.
 _PRELOAD = ["nbgrader.apps.nbgraderapp", "nbgrader.apps.autogradeapp", "nbgrader.preprocessors", "nbgrader.api",
             "nbclient", "jupyter_client", "jupyter_client.provisioning", "sqlalchemy", "alembic"]
-_FORKS = None
-_FORKS_LOCK = threading.Lock()
 
 
-def _forks():
-    """The multiprocessing context whose fork server holds nbgrader, started on first use."""
-    global _FORKS
-    with _FORKS_LOCK:
-        if _FORKS is None:
-            import multiprocessing
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                _FORKS = multiprocessing.get_context("forkserver")
-                _FORKS.set_forkserver_preload(_PRELOAD)
-            else:  # no fork server on this platform: a fresh interpreter per submission
-                _FORKS = multiprocessing.get_context("spawn")
-        return _FORKS
+def _serve_forks() -> None:
+    """The fork server (``python grade.py --fork-server``): reads one JSON request per line on stdin, forks a
+    grading process for each, and writes ``started <id> <pid>`` and ``exited <id> <status>`` lines on stdout."""
+    import importlib
+    import selectors
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    children: dict[int, int] = {}
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(0, selectors.EVENT_READ)
+        while True:
+            if sel.select(timeout=0.05 if children else None):
+                chunk = os.read(0, 65536)
+                if not chunk:  # the driver is gone: so is everything it started
+                    for pid in children:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(pid, signal.SIGKILL)
+                    os._exit(0)
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    request = json.loads(line)
+                    pid = os.fork()
+                    if pid == 0:
+                        _autograde_child(**request["args"])  # never returns
+                    children[pid] = request["id"]
+                    os.write(1, f"started {request['id']} {pid}\n".encode())
+            while children:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                os.write(1, f"exited {children.pop(pid)} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+class _ForkServer:
+    """Driver side of ``_serve_forks``: ``run(...)`` grades one staged submission and waits for its process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--fork-server"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=tempfile.gettempdir())
+        self.lock = threading.Lock()
+        self.next_id = 0
+        self.events: dict[int, threading.Event] = {}
+        self.replies: dict[int, dict[str, int]] = {}
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            kind, rid, value = line.decode().split()
+            with self.lock:
+                self.replies.setdefault(int(rid), {})[kind] = int(value)
+                self.events[int(rid)].set()
+        with self.lock:  # the server died: nothing more will come
+            for rid, event in self.events.items():
+                self.replies.setdefault(rid, {}).setdefault("started", 0)
+                self.replies[rid].setdefault("exited", -int(signal.SIGKILL))
+                event.set()
+
+    def _wait(self, rid: int, kind: str, timeout: float | None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if kind in self.replies[rid]:
+                    return self.replies[rid][kind]
+                self.events[rid].clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self.events[rid].wait(left)
+
+    def run(self, args: dict, timeout: float) -> tuple[int, bool]:
+        """Start ``_autograde_child(**args)``; returns (its exit status, whether `timeout` ran out and it was killed)."""
+        with self.lock:
+            rid, self.next_id = self.next_id, self.next_id + 1
+            self.events[rid] = threading.Event()
+            self.replies[rid] = {}
+            self.proc.stdin.write(json.dumps({"id": rid, "args": args}).encode() + b"\n")
+            self.proc.stdin.flush()
+        pid = self._wait(rid, "started", None)
+        status = self._wait(rid, "exited", timeout)
+        over = status is None
+        if pid > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # its session, and whatever is left in it
+                os.killpg(pid, signal.SIGKILL)
+        if over:
+            status = self._wait(rid, "exited", None)
+        return status, over
+
+    def __enter__(self) -> _ForkServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.reader.join()
 
 
 def _autograde_child(stage: str, assignment: str, student: str, env: dict[str, str], memory_bytes: int,
                      log_path: str) -> None:
     """Body of one submission's grading process: ``nbgrader autograde <a> --student=<s> --force`` in `stage`."""
     os.setsid()  # its own session: the parent kills the whole group, with anything the submission left running
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -197,28 +284,19 @@ def _autograde_child(stage: str, assignment: str, student: str, env: dict[str, s
     os._exit(code)
 
 
-def _run_autograde(stage: Path, assignment: str, student: str, env: dict[str, str], timeout: int,
-                   memory_gib: float, log_path: Path) -> tuple[int, str]:
+def _run_autograde(server: _ForkServer, stage: Path, assignment: str, student: str, env: dict[str, str],
+                   timeout: int, memory_gib: float, log_path: Path) -> tuple[int, str]:
     """Grade one staged submission in a fresh process under `timeout` seconds; returns (exit status, its log).
 
-    The status follows ``timeout(1)``: 124 when the budget ran out (the process group was killed)."""
-    proc = _forks().Process(target=_autograde_child, daemon=False,
-                            args=(str(stage), assignment, student, env, int(memory_gib * 2**30), str(log_path)))
-    proc.start()
-    proc.join(timeout)
-    over = proc.is_alive()
-    try:  # the whole session: nbgrader, and whatever the submission left running in it
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.join()
+    The status follows ``timeout(1)``: 124 when the budget ran out, 128 + n when a signal n killed the process."""
+    status, over = server.run(dict(stage=str(stage), assignment=assignment, student=student, env=env,
+                                   memory_bytes=int(memory_gib * 2**30), log_path=str(log_path)), timeout)
     log = log_path.read_text(errors="replace") if log_path.exists() else ""
-    code = 124 if over else (proc.exitcode if proc.exitcode >= 0 else 128 - proc.exitcode)
-    return code, log
+    return (124 if over else status if status >= 0 else 128 - status), log
 
 
-def grade_one(course: Path, assignment: str, student: str, timeout: int, memory_gib: float, locked: set[str],
-              merge_lock: threading.Lock, log_dir: Path | None) -> Result:
+def grade_one(server: _ForkServer, course: Path, assignment: str, student: str, timeout: int, memory_gib: float,
+              locked: set[str], merge_lock: threading.Lock, log_dir: Path | None) -> Result:
     result = Result(student)
     start = time.perf_counter()
     result.flags = flags_for(course / "submitted" / student / assignment, locked)
@@ -226,7 +304,7 @@ def grade_one(course: Path, assignment: str, student: str, timeout: int, memory_
         stage, db = _stage(course, assignment, student, Path(tmp))
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # nbgrader runs alembic
         env = dict(os.environ, PATH=path, NBGRADER_SCRUB_OK=str(db), PYTHONUNBUFFERED="1")
-        code, log = _run_autograde(stage, assignment, student, env, timeout, memory_gib, db.parent / "nbgrader.log")
+        code, log = _run_autograde(server, stage, assignment, student, env, timeout, memory_gib, db.parent / "nbgrader.log")
         if log_dir is not None:
             (log_dir / f"{student}.log").write_text(log)
         notebooks = list((stage / "autograded" / student / assignment).glob("*.ipynb"))
@@ -264,8 +342,9 @@ def grade_class(course: Path, assignment: str, students: list[str] | None = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(grade_one, course, assignment, s, timeout, memory_gib, locked, lock, log_dir)
+    server = _ForkServer()
+    with server, concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(grade_one, server, course, assignment, s, timeout, memory_gib, locked, lock, log_dir)
                    for s in todo]
         for future in concurrent.futures.as_completed(futures):
             r = future.result()
@@ -310,4 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:] == ["--fork-server"]:
+        _serve_forks()
+    else:
+        sys.exit(main())

@@ -98,11 +98,11 @@ def test_config_keeps_the_site_offline_and_fails_on_cell_errors():
     assert not [u for u in local if "://" in u], f"a script is loaded from outside the site: {local}"
 
 
-def _launch_guard():
+def book_extension():
     spec = importlib.util.spec_from_file_location("minimoe_book", BOOK / "_ext" / "minimoe_book.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.drop_launch_buttons_without_repository
+    return module
 
 
 @pytest.mark.parametrize("url, shown", [("", False), ("https://github.com/owner/minimoe", True)])
@@ -113,8 +113,34 @@ def test_launch_buttons_appear_only_with_a_repository_url(url, shown):
             "launch_buttons": {"binderhub_url": "https://mybinder.org"},
         }
     )
-    _launch_guard()(None, config)
+    book_extension().drop_launch_buttons_without_repository(None, config)
     assert bool(config.html_theme_options["launch_buttons"]) is shown
+
+
+def test_launch_links_open_the_notebooks_folder_not_the_ignored_symlink():
+    app = SimpleNamespace(config=SimpleNamespace(html_theme_options={"path_to_docs": "book"}))
+    binder = "https://mybinder.org/v2/gh/o/minimoe/main?urlpath=lab/tree/book/chapters/00_x.ipynb"
+    colab = "https://colab.research.google.com/github/o/minimoe/blob/main/book/chapters/00_x.ipynb"
+    context = {"header_buttons": [{"buttons": [{"url": binder}, {"url": colab}]}]}
+    book_extension().point_launch_links_at_notebooks(app, "chapters/00_x", "page.html", context, None)
+    urls = [button["url"] for button in context["header_buttons"][0]["buttons"]]
+    assert urls == [binder.replace("book/chapters/", "notebooks/"), colab.replace("book/chapters/", "notebooks/")]
+
+
+def test_tagged_multiline_equations_are_not_wrapped_in_split():
+    from docutils import nodes
+    from docutils.utils import new_document
+
+    document = new_document("chapter")
+    tagged = r"g = \begin{cases} s, & \text{selected},\\ 0, & \text{otherwise} \end{cases} \tag{V2, 21}"
+    plain = r"a \\ b"
+    document += [nodes.math_block(tagged, tagged, nowrap=False, number=None),
+                 nodes.math_block(plain, plain, nowrap=False, number=None)]
+    app = SimpleNamespace(config=SimpleNamespace(mathjax_display=(r"\[", r"\]")))
+    book_extension().keep_tags_out_of_split(app, document, "chapter")
+    first, second = document.children
+    assert first["nowrap"] and first.astext() == rf"\[{tagged}\]"
+    assert not second["nowrap"] and second.astext() == plain
 
 
 # ------------------------------------------------------------------------------------------------ the build

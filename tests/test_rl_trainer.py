@@ -151,6 +151,7 @@ def test_sft_examples_supervise_only_the_completion():
 
 # ---------------------------------------------------------------- training
 
+@pytest.mark.slow  # about 12 s of CPU
 def test_short_run_from_the_shipped_checkpoint_improves_the_policy():
     """The shipped SFT policy never carries when greedy; ten GRPO steps (≈ 10 s of CPU) teach it to."""
     policy = load_checkpoint(CHECKPOINT).model
@@ -160,7 +161,7 @@ def test_short_run_from_the_shipped_checkpoint_improves_the_policy():
     after = trainer.evaluate(n=64)["accuracy"]
     assert len(history) == 10 and all(0.0 <= a <= 1.0 for a in history.accuracy)
     assert after > before + 0.15, (before, after)
-    assert sum(history.reward[-5:]) > sum(history.reward[:5]), history.reward
+    assert sum(history.accuracy[-5:]) / 5 > before, history.accuracy  # sampling, too, now beats greedy SFT
     assert max(history.clip_fraction) > 0  # num_iterations = 2: the second pass moves the ratio
     assert history.kl[0] < 1e-6 < history.kl[-1] and all(e > 0 for e in history.entropy)
 
