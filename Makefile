@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two pytest workers on two cores: one torch thread each, or OpenMP threads fight over the cores (10x slower).
 test: $(STAMP) browser-deps
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not browser"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow and not browser"
 
 book: $(STAMP)
 	$(BIN)/python book/build.py
