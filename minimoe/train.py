@@ -340,6 +340,11 @@ def save_checkpoint(path: str | os.PathLike, model: Transformer, optimizer: torc
         "optimizer_state": None if optimizer is None else optimizer.state_dict(),
         "history": None if history is None else history.to_dict(),
     }
+    return atomic_save(payload, path)
+
+
+def atomic_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the target folder, then rename: never a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -33,3 +33,10 @@ def test_moe_dispatch_quick():
         assert name in result.stdout
     assert "torch.set_num_threads(1)" in result.stdout
     assert "forward+backward: minimoe loop takes" in result.stdout
+
+
+@pytest.mark.slow
+def test_grpo_demo_quick():
+    result = run_script("grpo_demo.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    assert "held-out exact match" in result.stdout and "GRPO:" in result.stdout

@@ -1,5 +1,6 @@
 """Rollouts, per-token log-probs, the GRPO trainer and the R1-Zero demo's pieces."""
 
+import math
 import random
 import re
 
@@ -164,6 +165,21 @@ def test_short_run_from_the_shipped_checkpoint_improves_the_policy():
     assert sum(history.accuracy[-5:]) / 5 > before, history.accuracy  # sampling, too, now beats greedy SFT
     assert max(history.clip_fraction) > 0  # num_iterations = 2: the second pass moves the ratio
     assert history.kl[0] < 1e-6 < history.kl[-1] and all(e > 0 for e in history.entropy)
+
+
+def test_dynamic_sampling_drops_groups_without_signal():
+    cfg = GRPOConfig(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=4, template="{question}",
+                     progress=False, dynamic_sampling=True, max_sampling_rounds=3)
+    policy = _policy()
+    weights = [p.detach().clone() for p in policy.parameters()]
+    constant = GRPOTrainer(policy, TOK, ArithmeticTask(max_digits=1), lambda c, p: torch.ones(len(c)), cfg)
+    metrics = constant.train_step()  # every group all-equal: three rollouts, nothing kept, no update
+    assert metrics["groups_kept"] == 0 and math.isnan(metrics["loss"]) and constant._draws == 3
+    assert all(torch.equal(w, p) for w, p in zip(weights, policy.parameters()))
+    varied = GRPOTrainer(policy, TOK, ArithmeticTask(max_digits=1),
+                         lambda c, p: torch.arange(len(c), dtype=torch.float32), cfg)
+    metrics = varied.train_step()  # every group has distinct rewards: one rollout suffices
+    assert metrics["groups_kept"] == 1 and varied._draws == 1 and not math.isnan(metrics["loss"])
 
 
 def test_checkpoint_round_trip(tmp_path):

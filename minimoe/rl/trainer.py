@@ -11,12 +11,10 @@ rewards are all equal (their advantages are 0) and samples more prompts to refil
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from minimoe.rl.rewards import RewardFn, accuracy_reward, format_reward
 from minimoe.rl.rollout import Rollout, concat_rollouts, rollout_logprobs, sample_groups
 from minimoe.tasks.template import format_prompt
 from minimoe.tasks.tokenizer import CharTokenizer
+from minimoe.train import atomic_save
 
 CHECKPOINT_FORMAT = "minimoe-grpo-checkpoint-v1"
 
@@ -201,7 +200,7 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One rollout and its `num_iterations` updates; returns (and records) the step's metrics."""
         cfg, G, start = self.cfg, self.cfg.group_size, time.perf_counter()
-        kept: list[tuple[Rollout, list[Any], torch.Tensor]] = []
+        kept: list[tuple[Rollout, torch.Tensor]] = []
         seen = {"reward": [], "accuracy": [], "format_rate": [], "response_length": []}
         n_groups = n_kept = 0
         for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
@@ -217,7 +216,7 @@ class GRPOTrainer:
             n_groups += keep.numel()
             if keep.any():
                 rows = keep.repeat_interleave(G)
-                kept.append((rollout.select_groups(keep), [p for p, r in zip(problems, rows) if r], rewards[rows]))
+                kept.append((rollout.select_groups(keep), rewards[rows]))
                 n_kept += int(keep.sum())
             if n_kept >= cfg.prompts_per_step:
                 break
@@ -236,10 +235,10 @@ class GRPOTrainer:
             self.ref.load_state_dict(self.policy.state_dict())
         return metrics
 
-    def _update(self, kept: list[tuple[Rollout, list[Any], torch.Tensor]]) -> tuple[float, float, float, float]:
+    def _update(self, kept: list[tuple[Rollout, torch.Tensor]]) -> tuple[float, float, float, float]:
         cfg = self.cfg
-        rollout = concat_rollouts([r for r, _, _ in kept], self.tokenizer.pad_id)
-        rewards = torch.cat([r for _, _, r in kept])  # (B,)
+        rollout = concat_rollouts([r for r, _ in kept], self.tokenizer.pad_id)
+        rewards = torch.cat([r for _, r in kept])  # (B,)
         advantages = group_advantages(rewards, cfg.group_size, cfg.scale_rewards)  # (B,)
         with torch.no_grad():
             ref_logprobs = rollout_logprobs(self.ref, rollout, temperature=cfg.temperature)  # (B, T)
@@ -326,24 +325,6 @@ class GRPOCheckpoint(NamedTuple):
     history: GRPOHistory
     optimizer_state: dict[str, Any]
     step: int
-
-
-def atomic_save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the target folder, then rename: never a truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def load_grpo_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> GRPOCheckpoint:
