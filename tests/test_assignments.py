@@ -1,7 +1,8 @@
 """The nbgrader pipeline end to end, with real nbgrader commands on a temporary copy of the course.
 
 One batch of a1 submissions (reference, release, partial and a dozen cheats) is graded once by ``grade.py``; the
-tests below read its results. a2 and a3 are checked for full marks and zero. Slow: a few minutes in all.
+tests below read its results. a2 and a3 (whose last part trains a policy with the student's loss) are checked for
+full marks and zero. Slow: a few minutes in all.
 """
 
 from __future__ import annotations

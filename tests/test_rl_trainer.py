@@ -197,3 +197,24 @@ def test_checkpoint_round_trip(tmp_path):
     with pytest.raises(ValueError, match="GRPO checkpoint"):
         torch.save({"format": "other"}, tmp_path / "bad.pt")
         load_grpo_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_custom_loss_fn_replaces_grpo_loss_and_may_return_only_the_loss():
+    from minimoe.rl.demo import make_trainer
+    from minimoe.rl.grpo import grpo_loss
+    from minimoe.train import load_checkpoint
+    from minimoe.rl.demo import CHECKPOINT
+
+    calls = []
+
+    def bare_loss(*args, **kwargs):
+        calls.append(kwargs["loss_type"])
+        return grpo_loss(*args, **kwargs)[0]
+
+    trainer = make_trainer(load_checkpoint(CHECKPOINT).model, loss_fn=bare_loss, steps=1, prompts_per_step=2,
+                           group_size=4, num_iterations=2, progress=False)
+    metrics = trainer.train_step()
+    assert calls == ["dapo", "dapo"] and math.isnan(metrics["clip_fraction"]) and math.isfinite(metrics["loss"])
+    with pytest.raises(ValueError, match="scalar tensor"):
+        make_trainer(load_checkpoint(CHECKPOINT).model, loss_fn=lambda *a, **k: 0.0, steps=1, prompts_per_step=2,
+                     group_size=4, progress=False).train_step()

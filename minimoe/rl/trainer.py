@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -164,14 +165,18 @@ class GRPOTrainer:
     `task` provides ``sample(n, split, seed)`` of problems with ``question`` and ``is_correct(answer)``
     (``minimoe.tasks.ArithmeticTask``, ``CountdownTask``). Accuracy and format rate are always logged with
     ``accuracy_reward`` and ``format_reward``, whatever `reward_fn` optimises.
+
+    `loss_fn` replaces ``grpo.grpo_loss`` (same signature), e.g. a student's own implementation; it may return the
+    loss alone or ``(loss, stats)``. Statistics it does not report are logged as NaN.
     """
 
     def __init__(self, policy: Transformer, tokenizer: CharTokenizer, task: Any, reward_fn: RewardFn,
-                 cfg: GRPOConfig) -> None:
+                 cfg: GRPOConfig, loss_fn: Callable[..., Any] | None = None) -> None:
         if tokenizer.vocab_size > policy.cfg.vocab_size:
             raise ValueError(f"the tokenizer's vocab_size ({tokenizer.vocab_size}) exceeds the policy's "
                              f"({policy.cfg.vocab_size})")
         self.policy, self.tokenizer, self.task, self.reward_fn, self.cfg = policy, tokenizer, task, reward_fn, cfg
+        self.loss_fn = grpo_loss if loss_fn is None else loss_fn
         self.ref = self._frozen_copy(policy)
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                            weight_decay=cfg.weight_decay)
@@ -252,18 +257,21 @@ class GRPOTrainer:
             if old_logprobs is None:  # π_old is the policy that sampled: the first pass scores it
                 old_logprobs = logprobs.detach()
                 first_entropy = (entropy.sum() / rollout.completion_mask.sum()).item()
-            loss, stats = grpo_loss(logprobs, old_logprobs, advantages, rollout.completion_mask,
-                                    ref_logprobs=ref_logprobs, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
-                                    epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
-                                    max_completion_length=cfg.max_new_tokens)
+            out = self.loss_fn(logprobs, old_logprobs, advantages, rollout.completion_mask,
+                               ref_logprobs=ref_logprobs, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
+                               epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                               max_completion_length=cfg.max_new_tokens)
+            loss, stats = out if isinstance(out, tuple) else (out, {})
+            if not (isinstance(loss, torch.Tensor) and loss.dim() == 0 and loss.requires_grad):
+                raise ValueError("loss_fn must return a scalar tensor that depends on logprobs (or (loss, stats))")
             if iteration == 0:
-                first_kl = stats["kl"]
+                first_kl = float(stats.get("kl", math.nan))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip or math.inf)
             self.optimizer.step()
             losses.append(loss.item())
-            clips.append(stats["clip_region"])
+            clips.append(float(stats.get("clip_region", math.nan)))
         return sum(losses) / len(losses), first_kl, sum(clips) / len(clips), first_entropy
 
     def train(self, steps: int | None = None) -> GRPOHistory:
