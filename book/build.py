@@ -16,6 +16,7 @@ Usage: `python book/build.py [--book DIR]`.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import datetime as dt
 import json
 import re
@@ -168,6 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--book", type=Path, default=BOOK, help="the book folder (default: this script's)")
     book = parser.parse_args(argv).book.resolve()
+    (book / "_build").mkdir(exist_ok=True)
+    with open(book / "_build" / ".build.lock", "w") as lock:
+        # Two builds of one book at once would corrupt the execution cache: the second waits for the first, then
+        # finds the chapters cached.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build(book)
+
+
+def build(book: Path) -> int:
     start_wall = time.monotonic()
     # jupyter-cache stamps records in naive UTC.
     since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
