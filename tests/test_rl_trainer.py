@@ -218,3 +218,15 @@ def test_a_custom_loss_fn_replaces_grpo_loss_and_may_return_only_the_loss():
     with pytest.raises(ValueError, match="scalar tensor"):
         make_trainer(load_checkpoint(CHECKPOINT).model, loss_fn=lambda *a, **k: 0.0, steps=1, prompts_per_step=2,
                      group_size=4, progress=False).train_step()
+
+
+def test_dynamic_sampling_drops_groups_of_equal_non_integer_rewards():
+    from minimoe.rl.demo import CHECKPOINT, make_trainer
+    from minimoe.train import load_checkpoint
+
+    constant = lambda completions, problems: torch.full((len(completions),), 0.1)  # noqa: E731
+    trainer = make_trainer(load_checkpoint(CHECKPOINT).model, steps=1, prompts_per_step=2, group_size=4,
+                           dynamic_sampling=True, max_sampling_rounds=2, progress=False)
+    trainer.reward_fn = constant
+    metrics = trainer.train_step()
+    assert metrics["groups_kept"] == 0 and math.isnan(metrics["loss"])  # nothing to learn from: no update

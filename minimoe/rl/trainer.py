@@ -217,7 +217,10 @@ class GRPOTrainer:
             seen["response_length"].append(rollout.lengths)
             keep = torch.ones(len(problems) // G, dtype=torch.bool)  # (B/G,)
             if cfg.dynamic_sampling:
-                keep = rewards.view(-1, G).std(dim=1) > 0  # DAPO: all-equal groups carry no signal
+                grouped = rewards.view(-1, G)  # (B/G, G)
+                # DAPO: all-equal groups carry no signal. Compare extremes: a float32 std of equal rewards
+                # (e.g. eight 0.1s) is ~1e-8, not 0.
+                keep = grouped.amax(dim=1) > grouped.amin(dim=1)
             n_groups += keep.numel()
             if keep.any():
                 rows = keep.repeat_interleave(G)
