@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Two pytest workers on two cores: one torch thread each, or OpenMP threads fight over the cores (10x slower).
+# --dist loadfile keeps each test file on one worker (the book tests share one build; loadgroup is ignored by
+# pytest-xdist 3.8 under pytest 9).
 test: $(STAMP) browser-deps
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow and not browser"
