@@ -7,3 +7,10 @@ from minimoe.tasks.splits import draw_unique, split_of
 from minimoe.tasks.template import (COMPACT_TEMPLATE, R1_TEMPLATE, TEMPLATES, ParsedCompletion, check_answer,
                                     extract_answer, format_completion, format_prompt, parse_completion)
 from minimoe.tasks.tokenizer import CharTokenizer
+
+__all__ = [
+    "COMPACT_TEMPLATE", "R1_TEMPLATE", "TEMPLATES", "ArithmeticProblem", "ArithmeticTask", "CharTokenizer", "CopyTask",
+    "CountdownProblem", "CountdownTask", "MarkovGrammar", "ModularProgression", "ParsedCompletion", "check_answer",
+    "draw_unique", "evaluate_expression", "extract_answer", "format_completion", "format_prompt", "parse_completion",
+    "split_of",
+]
