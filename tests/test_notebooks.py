@@ -10,9 +10,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# DESIGN.md: each chapter executes in at most 3 minutes on a 2-core laptop. Tests run two workers on two cores, so
-# the limit enforced here leaves room for a busy machine; `make book` prints the real per-chapter timings.
-CHAPTER_TIMEOUT_S = 360
+# DESIGN.md: each chapter executes in at most 3 minutes on a 2-core laptop. The tests run two workers on two cores
+# beside a book build and a browser, so wall-clock time says more about the neighbours than about the chapter: the
+# budget is checked on the kernel's own CPU time, and the wall-clock limit only catches a hang.
+CHAPTER_CPU_BUDGET_S = 180
+# No cell of any chapter needs two minutes. Rarely (about once per full test run here, with ipykernel 7.4 and
+# jupyter_client 8.10) a finished cell's execute reply never reaches nbclient while the kernel sits idle; the cell
+# timeout then ends the wait and the chapter is executed once more from scratch, saying so.
+CELL_TIMEOUT_S = 120
+ATTEMPTS = 2
+CPU_PROBE = "import resource as _r\n_u = _r.getrusage(_r.RUSAGE_SELF)\nprint('KERNEL_CPU_S', _u.ru_utime + _u.ru_stime)"
 
 
 def test_chapters_exist():
@@ -37,19 +44,30 @@ def test_chapter_is_stripped_and_structured(path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(CHAPTER_TIMEOUT_S + 60)
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_chapter_executes(path: Path):
     import nbclient
     import nbformat
 
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CHAPTER_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
-    assert elapsed < CHAPTER_TIMEOUT_S, f"{path.name} took {elapsed:.0f} s"
+    for attempt in range(1, ATTEMPTS + 1):
+        nb = nbformat.read(path, as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(CPU_PROBE))
+        client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                         resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        try:
+            client.execute()
+            break
+        except nbclient.exceptions.CellTimeoutError:
+            if attempt == ATTEMPTS:
+                raise
+            print(f"{path.name}: a cell timed out after {CELL_TIMEOUT_S} s (attempt {attempt}); executing again")
+    wall = time.perf_counter() - start
+    probe = nb.cells.pop()
+    cpu = float("".join(o.get("text", "") for o in probe.outputs).split()[-1])
+    print(f"{path.name}: {cpu:.0f} s of kernel CPU, {wall:.0f} s wall")
+    assert cpu < CHAPTER_CPU_BUDGET_S, f"{path.name} used {cpu:.0f} s of CPU (budget {CHAPTER_CPU_BUDGET_S} s)"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
     figures = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
