@@ -58,8 +58,12 @@ def wait_for_idle_kernel(base: str, token: str, timeout_s: float = 120) -> None:
     """Wait until the notebook's kernel has started and is idle (JupyterLab starts it on opening)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=5) as response:
-            kernels = json.load(response)
+        try:
+            with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=5) as response:
+                kernels = json.load(response)
+        except OSError:  # the server answers 500 now and then while the kernel is still starting: ask again
+            time.sleep(1)
+            continue
         if kernels and all(k["execution_state"] == "idle" for k in kernels):
             return
         time.sleep(1)
