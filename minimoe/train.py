@@ -1,9 +1,10 @@
 """Language-model training for minimoe: AdamW, warm-up + cosine schedule, clipping, load balancing, checkpoints.
 
-The recipe is DeepSeek-V3's (§4.2, facts sheet §4) at toy scale: AdamW with β = (0.9, 0.95) and weight decay 0.1,
+The recipe is DeepSeek-V3's (DeepSeek-V3 §4.2) at toy scale: AdamW with β = (0.9, 0.95) and weight decay 0.1,
 gradient clipping at 1.0, a linear warm-up then a cosine decay. Load balancing follows DeepSeek-V2 §2.2.3 (an
-auxiliary loss added to the LM loss, gradient through the router's scores) and DeepSeek-V3 §2.1.2 (a selection bias
-nudged once per step from the batch's expert load, no gradient). Every step records its metrics in a ``History``
+auxiliary loss added to the LM loss, gradient through the router's scores; sequence-wise in both papers, batch-wise
+as the variant of DeepSeek-V3 §4.5.3) and DeepSeek-V3 §2.1.2 (a selection bias nudged once per step from the batch's
+expert load, no gradient). Every step records its metrics in a ``History``
 so the notebooks can plot loss, learning rate and per-layer expert load.
 
 ``data_fn(step, batch_size, seq_len, generator) -> (inputs, targets)`` supplies batches of token ids (B, T); a
@@ -78,8 +79,9 @@ class TrainConfig:
     aux_alpha: float | None = None
     """α of the balance loss; None = the model's ``aux_loss_alpha``."""
     seq_aux: bool | None = None
-    """True = sequence-wise loss (DeepSeek-V3 Eq. (17)–(20)), False = batch-wise (DeepSeek-V2 Eq. (23)–(25));
-    None = the model's ``seq_aux``."""
+    """True = sequence-wise loss, as both papers define it (DeepSeek-V2 Eq. (23)–(25), DeepSeek-V3 Eq. (17)–(20));
+    False = the same loss over the whole batch (the batch-wise variant of DeepSeek-V3 §4.5.3); None = the model's
+    ``seq_aux``."""
     bias_gamma: float | None = None
     """γ of the auxiliary-loss-free bias update; None = the model's ``bias_update_speed``."""
     device: str = "cpu"
@@ -201,11 +203,15 @@ def moe_layers(model: Transformer) -> list[tuple[int, DeepSeekMoE]]:
 
 
 def balance_loss(routing: list[tuple[torch.Tensor, torch.Tensor]], n_experts: int,
-                 balancing: Balancing) -> torch.Tensor:
+                 balancing: Balancing, *, unbiased_topk: bool = False) -> torch.Tensor:
     """Σ over MoE layers of the balance loss of their routing on this batch (0 unless balancing uses a loss).
 
     Batch-wise, the scores are first normalised per token, s / Σ_j s: a softmax row (DeepSeek-V2 Eq. (25)) is
     unchanged, sigmoid affinities become comparable as in DeepSeek-V3 Eq. (19).
+
+    ``unbiased_topk=True`` counts, in f_i, the top-K of the raw affinities s over all experts, as DeepSeek-V3
+    Eq. (18) does, instead of the experts the router selected (with ``s + b`` and group limits); ``train`` sets it
+    for ``noaux_tc`` models. False counts the selected experts, as DeepSeek-V2 Eq. (24) does.
 
     Shapes: routing: per layer (scores (B, T, E), indices (B, T, K)) -> scalar.
     """
@@ -213,6 +219,8 @@ def balance_loss(routing: list[tuple[torch.Tensor, torch.Tensor]], n_experts: in
         return torch.zeros(())
     total = []
     for scores, indices in routing:
+        if unbiased_topk:
+            indices = scores.topk(indices.shape[-1], dim=-1).indices  # (B, T, K): Eq. (18), Topk({s_j,t}, K_r)
         if balancing.seq_aux:
             total.append(sequence_balance_loss(scores, indices, n_experts, balancing.aux_alpha))
         else:
@@ -272,7 +280,8 @@ def _train_step(model: Transformer, data_fn: DataFn, cfg: TrainConfig, optimizer
     logits = model(inputs)  # (B, T, V)
     lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
     routing = [moe.last_routing for _, moe in moes]
-    bal_loss = balance_loss(routing, n_experts, balancing).to(lm_loss.device)
+    bal_loss = balance_loss(routing, n_experts, balancing,
+                            unbiased_topk=model_cfg.topk_method == "noaux_tc").to(lm_loss.device)
     loss = lm_loss + bal_loss
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower lr ({cfg.lr}) or check data")

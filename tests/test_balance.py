@@ -87,12 +87,24 @@ def test_uniform_routing_is_the_minimum():
     assert expert_balance_loss(collapsed_scores, collapsed, n_experts, alpha) > 3 * alpha
 
 
+def test_max_violation_of_a_topk_routing_is_at_most_e_over_k_minus_1():
+    # Wang et al. 2024 (arXiv 2408.15664): with K distinct experts per token one expert takes at most 1/K of the load.
+    n_experts, k = 8, 2
+    every_token_picks_0_and_1 = torch.tensor([[0, 1]] * 16)  # (N, K): the worst top-2 routing
+    worst = max_violation(expert_load(every_token_picks_0_and_1, n_experts))
+    torch.testing.assert_close(worst, torch.tensor(n_experts / k - 1))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = torch.rand(32, n_experts, generator=g).pow(4).topk(k, dim=-1).indices
+        assert max_violation(expert_load(idx, n_experts)) <= n_experts / k - 1 + 1e-6
+
+
 def test_load_and_max_violation():
     load = expert_load(TOPK, 4)
     torch.testing.assert_close(load, torch.tensor([0.5, 0.25, 0.0, 0.25]))
     torch.testing.assert_close(max_violation(load), torch.tensor(1.0))  # 0.5 / 0.25 - 1
     torch.testing.assert_close(max_violation(torch.full((8,), 3.0)), torch.tensor(0.0))
-    torch.testing.assert_close(max_violation(torch.tensor([0.0, 0.0, 5.0, 0.0])), torch.tensor(3.0))  # E - 1
+    torch.testing.assert_close(max_violation(torch.tensor([0.0, 0.0, 5.0, 0.0])), torch.tensor(3.0))  # E - 1 (K = 1)
     torch.testing.assert_close(max_violation(torch.tensor([[1.0, 1.0], [3.0, 1.0]])), torch.tensor([0.0, 0.5]))
     assert expert_load(torch.randint(6, (5, 7, 2)), 6).sum().item() == pytest.approx(1.0)
 

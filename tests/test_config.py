@@ -1,6 +1,6 @@
 import pytest
 
-from minimoe.config import PRESETS, ModelConfig
+from minimoe.config import PAPER_VALUES, PRESETS, ModelConfig
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -10,8 +10,8 @@ def test_presets_build_and_round_trip(name):
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
-def test_published_presets_match_facts_sheet():
-    # facts sheet §1.3 and §2.4
+def test_published_presets_match_released_configs():
+    # DeepSeek-V2 §3.1.2 and App. B.1, DeepSeek-V3 §4.2, and the released config.json files
     v3 = ModelConfig.from_preset("deepseek-v3")
     assert (v3.hidden_size, v3.num_hidden_layers, v3.num_attention_heads, v3.q_lora_rank) == (7168, 61, 128, 1536)
     assert (v3.n_routed_experts, v3.n_shared_experts, v3.num_experts_per_tok, v3.moe_intermediate_size) == (256, 1, 8, 2048)
@@ -54,3 +54,15 @@ def test_unknown_preset_and_fields():
         ModelConfig.from_preset("gpt-5")
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"hidden": 3})
+
+
+def test_balance_loss_presets_are_sequence_wise_as_released():
+    # DeepSeek-V2 Eq. (23)-(25) defines the expert-level loss over the tokens of one sequence; the released V2,
+    # V2-Lite and V3 configs all have seq_aux true and aux_loss_alpha 0.001.
+    for name in ("deepseek-v2-lite", "deepseek-v2", "deepseek-v3"):
+        cfg = ModelConfig.from_preset(name)
+        assert (cfg.seq_aux, cfg.aux_loss_alpha) == (True, 0.001), name
+    assert ModelConfig.from_preset("tiny-v2").seq_aux
+    # where the papers state other values: DeepSeek-V2 §3.1.2 alpha_1 = 0.003, DeepSeek-V3 §4.2 alpha = 0.0001
+    assert PAPER_VALUES == {"deepseek-v2": {"aux_loss_alpha": 0.003}, "deepseek-v3": {"aux_loss_alpha": 0.0001}}
+    assert all(set(values) <= set(ModelConfig.from_preset(name).to_dict()) for name, values in PAPER_VALUES.items())

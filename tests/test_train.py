@@ -7,7 +7,7 @@ import torch
 
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer
-from minimoe.moe.balance import max_violation
+from minimoe.moe.balance import max_violation, sequence_balance_loss
 from minimoe.tasks import MarkovGrammar
 from minimoe.train import (
     History,
@@ -60,6 +60,37 @@ def test_aux_free_balancing_lowers_max_violation():
         bias = moe_layers(model)[0][1].gate.bias
         assert (bias.abs().sum() > 0) == (balance == "aux_free")
     assert loads["aux_free"] < 0.5 * loads["none"]
+
+
+def test_sequence_loss_counts_the_unbiased_topk_as_v3_eq_18():
+    # DeepSeek-V3 Eq. (18) counts Topk({s_j,t}, K_r) of the raw affinities; the router selects with s + b.
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(2, 6, 8, generator=g)  # (B, T, E)
+    bias = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.0])  # forces experts 6 and 7 into every selection
+    selected = (scores + bias).topk(2, dim=-1).indices  # (B, T, K)
+    unbiased = scores.topk(2, dim=-1).indices
+    assert not torch.equal(selected.sort(-1).values, unbiased.sort(-1).values)
+    balancing = resolve_balancing(quick(balance="aux", aux_alpha=0.1, seq_aux=True), tiny().cfg)
+    paper = balance_loss([(scores, selected)], 8, balancing, unbiased_topk=True)
+    torch.testing.assert_close(paper, sequence_balance_loss(scores, unbiased, 8, 0.1))
+    torch.testing.assert_close(balance_loss([(scores, selected)], 8, balancing),
+                               sequence_balance_loss(scores, selected, 8, 0.1))
+    assert not torch.allclose(paper, sequence_balance_loss(scores, selected, 8, 0.1))
+
+
+@pytest.mark.parametrize("preset, expected", [("tiny-v3", True), ("tiny-v2", False)])
+def test_train_passes_the_unbiased_topk_for_noaux_tc_models(monkeypatch, preset, expected):
+    import minimoe.train as train_module
+    seen = []
+    real = train_module.balance_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("unbiased_topk", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "balance_loss", spy)
+    train(tiny(preset), TASK, quick(steps=2, warmup=1, balance="aux", aux_alpha=0.01))
+    assert seen == [expected, expected]
 
 
 def test_aux_loss_reaches_the_router_through_the_scores():
@@ -146,9 +177,10 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 @pytest.mark.parametrize("preset, mode, alpha, seq_aux, gamma", [
     ("tiny-v3", "aux_free", 0.0, False, 0.001),
-    ("tiny-v2", "aux", 0.003, False, 0.0),
+    ("tiny-v2", "aux", 0.003, True, 0.0),
     ("tiny-dense", "none", 0.0, False, 0.0),
-    ("deepseek-v3", "both", 0.0001, True, 0.001),
+    ("deepseek-v2", "aux", 0.001, True, 0.0),
+    ("deepseek-v3", "both", 0.001, True, 0.001),
 ])
 def test_balancing_defaults_follow_the_model_config(preset, mode, alpha, seq_aux, gamma):
     resolved = resolve_balancing(TrainConfig(), ModelConfig.from_preset(preset))

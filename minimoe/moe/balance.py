@@ -3,8 +3,13 @@
 DeepSeek-V2 §2.2.3 adds three auxiliary losses to the language-model loss, each a sum of f_i · P_i: f_i is how
 often something was chosen (a count, no gradient) and P_i how strongly the router wanted it (a mean of scores, with
 gradient). Minimising Σ f_i P_i pushes probability away from over-used experts (Eq. (23)–(25)), devices
-(Eq. (26)–(28)) and communication targets (Eq. (29)–(31)). DeepSeek-V3 §2.1.2 replaces them by a per-expert bias
-that steers selection only (Eq. (16)) and keeps a tiny sequence-wise loss as a safety net (Eq. (17)–(20)).
+(Eq. (26)–(28)) and communication targets (Eq. (29)–(31)). V2 defines f_i and P_i over "the number of tokens in a
+sequence": its expert-level loss is already sequence-wise. DeepSeek-V3 §2.1.2 replaces the losses by a per-expert
+bias that steers selection only (Eq. (16)) and keeps a tiny sequence-wise loss as a safety net (Eq. (17)–(20));
+V3 §4.5.3 studies a *batch-wise* auxiliary loss as an alternative.
+
+``expert_balance_loss`` computes Eq. (23)–(25) over all the tokens it is given: pass one sequence for V2's loss, a
+whole batch for the batch-wise variant. ``sequence_balance_loss`` splits the tokens into sequences itself.
 
 Every function takes the routing of a batch as plain tensors, so it can be plotted and unit-tested on its own:
 ``scores`` are the affinities s_{i,t} of every token for every expert, ``topk_idx`` the experts each token selected.
@@ -55,9 +60,12 @@ def _selection_counts(topk_idx: torch.Tensor, n_experts: int) -> torch.Tensor:
 
 def expert_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int,
                         alpha: float) -> torch.Tensor:
-    """Expert-level balance loss, batch-wise over all the tokens given (DeepSeek-V2 §2.2.3, Eq. (23)–(25)).
+    """Expert-level balance loss over all the N tokens given (DeepSeek-V2 §2.2.3, Eq. (23)–(25)).
 
     L_ExpBal = α₁ Σ_i f_i P_i,  f_i = N_r / (K_r T) · Σ_t 1(token t selects expert i),  P_i = (1/T) Σ_t s_{i,t}.
+    The paper's T is the number of tokens in a sequence: given one sequence this is V2's loss exactly; given a
+    whole batch (T = N) it is the batch-wise variant of DeepSeek-V3 §4.5.3. ``sequence_balance_loss`` averages the
+    per-sequence loss over a batch.
 
     With balanced selection every f_i = 1, so for softmax scores (Σ_i P_i = 1) the loss equals α₁. The gradient
     reaches the router through P only; f is a count.
@@ -123,8 +131,14 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_expert
 
     For each sequence of T tokens: L_Bal = α Σ_i f_i P_i,  f_i = N_r / (K_r T) · Σ_t 1(s_{i,t} ∈ TopK),
     s'_{i,t} = s_{i,t} / Σ_j s_{j,t},  P_i = (1/T) Σ_t s'_{i,t}. The normalisation makes sigmoid affinities comparable
-    across tokens (a softmax row already sums to 1). Unlike ``expert_balance_loss`` it balances every sequence, not
-    only the batch as a whole.
+    across tokens (a softmax row already sums to 1); for softmax scores this is DeepSeek-V2's expert-level loss
+    (Eq. (23)–(25)), per sequence. It balances every sequence, where ``expert_balance_loss`` on a whole batch
+    balances only the batch.
+
+    Which experts count: f_i counts the experts in ``topk_idx``, whatever chose them. V2's Eq. (24) counts the
+    experts each token selects; V3's Eq. (18) counts Topk({s_{j,t}}, K_r), the top-K of the *unbiased* affinities
+    over all experts, which is not the selection when a bias or group-limited routing steers it. To follow Eq. (18)
+    pass ``scores.topk(K, dim=-1).indices`` (``minimoe.train.balance_loss`` does so for ``noaux_tc`` models).
 
     Shapes: scores (B·T, E) with ``seq_len=T``, or (B, T, E) with ``seq_len`` None or T;
     topk_idx (B·T, K) or (B, T, K) long -> scalar.
@@ -162,10 +176,12 @@ def expert_load(topk_idx: torch.Tensor, n_experts: int) -> torch.Tensor:
 
 
 def max_violation(load: torch.Tensor) -> torch.Tensor:
-    """MaxVio = max_i load_i / mean_i load_i − 1: 0 for perfect balance, E − 1 when one expert takes everything.
+    """MaxVio = max_i load_i / mean_i load_i − 1: 0 for perfect balance.
 
-    The measure of DeepSeek-V3 §4.5.3 and of Wang et al. 2024 (auxiliary-loss-free balancing). ``load`` may be
-    counts or shares: the ratio does not care.
+    The measure comes from Wang et al. 2024 (auxiliary-loss-free load balancing, arXiv 2408.15664), the strategy
+    DeepSeek-V3 §2.1.2 adopts. When every token picks K *distinct* experts out of E, one expert receives at most one
+    K-th of the assignments, so MaxVio ≤ E/K − 1, reached when one expert is in every token's top-K (E − 1 only for
+    K = 1). ``load`` may be counts or shares: the ratio does not care.
 
     Shapes: load (E,) or (..., E) -> () or (...).
     """
