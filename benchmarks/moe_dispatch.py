@@ -11,7 +11,7 @@ Same config, same weights, same tokens for every implementation:
 - ``dense SwiGLU``: one MLP with the same active width (K + N_s) · moe_intermediate_size, hence the same FLOPs as
   the routed + shared experts: the cost of the computation without any dispatch.
 
-Default config: DeepSeek-V2-Lite's expert layout (64 routed experts, top-6, 2 shared; facts sheet §2.4) with V3
+Default config: DeepSeek-V2-Lite's expert layout (64 routed experts, top-6, 2 shared; DeepSeek-V2 App. B.1) with V3
 routing (sigmoid, noaux_tc, 8 groups keep 4) at a CPU-sized width (D 512, moe_intermediate_size 256) and 4096
 tokens, i.e. 384 tokens per expert on average: wide enough that each expert's matrix product dominates its Python
 overhead, as on real hardware, and one forward pass stays about a second on one core.

@@ -1,9 +1,10 @@
 """Accounting: parameters, KV cache, FLOPs and training cost, from a config alone.
 
 Nothing here allocates a weight: every count is a formula over ``ModelConfig`` fields, so DeepSeek-V3's 671B
-parameters are counted in microseconds. The formulas are those of the facts sheet §3 (parameters), DeepSeek-V2
-Table 1 (KV cache per token) and DeepSeek-V3 Table 1 (training cost); the tests check them against the published
-totals and against ``sum(p.numel() for p in Transformer(cfg).parameters())`` for the teaching presets.
+parameters are counted in microseconds. The parameter formulas follow the architecture of DeepSeek-V2 §2 and
+DeepSeek-V3 §2 with the dimensions of DeepSeek-V2 §3.1.2 and DeepSeek-V3 §4.2; the KV cache per token is
+DeepSeek-V2 Table 1 and the training cost DeepSeek-V3 Table 1 (the book's Sources appendix lists each figure).
+The tests check them against the published totals and against ``sum(p.numel() for p in Transformer(cfg).parameters())`` for the teaching presets.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ class ParamCount:
 
     ``total`` is what the checkpoint holds (the router bias of ``noaux_tc`` included: a float32 buffer in
     ``minimoe.moe.gate.Router``, a parameter-like tensor in the checkpoint). ``active`` is what one token uses,
-    counted as the papers do: every routed expert it is not sent to is left out, and so is the input embedding,
-    which is a table lookup, not a matmul (facts sheet §3). ``active_with_embedding`` adds the embedding back.
+    every routed expert it is not sent to is left out, and so is the input embedding, which is a table lookup, not
+    a matmul. The papers do not say how they count activated parameters; leaving the input embedding out is our
+    inference, the convention under which V2's and V3's counts round to the published 21B and 37B (V2-Lite gives
+    2.451B where DeepSeek-V2 App. B.1 says 2.4B). ``active_with_embedding`` adds the embedding back.
     ``moe_routed`` holds all routed experts; ``moe_routed_active`` the K a token uses in every MoE layer.
     ``norms`` counts every RMSNorm weight: two per block, the final norm, and MLA's ``q_norm`` and ``kv_norm``.
     """
@@ -89,7 +92,7 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     Per layer: attention (MLA, or the MHA/GQA/MQA baseline), two RMSNorms, and either a dense SwiGLU FFN of
     ``3·d·inter`` weights or a DeepSeekMoE layer: router ``E·d`` (+ ``E`` bias for ``noaux_tc``), ``E`` routed and
     ``S`` shared experts of ``3·d·moe_inter`` each. Plus embedding ``V·d``, final norm ``d`` and head ``V·d``
-    (counted once when tied). DeepSeek-V2 §3.1.2, DeepSeek-V3 §4.2; facts sheet §3.
+    (counted once when tied). DeepSeek-V2 §3.1.2, DeepSeek-V3 §4.2.
 
     Shapes: returns counts of scalars (no tensors).
     """

@@ -1,8 +1,9 @@
 """Hugging Face interop: transformers' DeepseekV2/V3ForCausalLM into a ``minimoe.Transformer``, and back.
 
 minimoe keeps the parameter layouts of DeepSeek-V3's ``inference/model.py``, which are also those of
-transformers (facts sheet §1.1, "Code ↔ paper names"), so importing renames tensors and unpacks the 3-D
-expert stacks ``gate_up_proj`` / ``down_proj`` (facts sheet §2.4) into one SwiGLU per expert. Nothing is
+transformers (``q_a_proj`` = W^DQ, ``kv_a_proj_with_mqa`` = [W^DKV; W^KR], ``kv_b_proj`` = [W^UK; W^UV] per head,
+DeepSeek-V2 §2.1.2–2.1.3), so importing renames tensors and unpacks the 3-D expert stacks ``gate_up_proj`` /
+``down_proj`` of transformers 5 into one SwiGLU per expert. Nothing is
 permuted: the RoPE pair layout is a config flag (``rope_interleave``) that both implementations honour.
 
 Semantics follow the transformers classes, which fix some choices DeepSeek's own configs leave open:
@@ -21,7 +22,7 @@ import torch
 
 from minimoe.config import ModelConfig
 
-# transformers name -> minimoe name, one dotted component at a time (facts sheet §1.1).
+# transformers name -> minimoe name, one dotted component at a time.
 # SwiGLU: w2(silu(w1 x) * w3 x), w1 = gate_proj, w3 = up_proj, w2 = down_proj.
 _NAMES = {"embed_tokens": "embed", "lm_head": "head", "input_layernorm": "attn_norm",
           "post_attention_layernorm": "ffn_norm", "self_attn": "attn", "mlp": "ffn",

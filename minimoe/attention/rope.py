@@ -35,7 +35,7 @@ from torch import nn
 def yarn_get_mscale(scale: float = 1.0, mscale: float = 1.0) -> float:
     """YaRN's attention temperature ``0.1·mscale·ln(scale) + 1`` (1 when not extending; YaRN Eq. (22)).
 
-    DeepSeek-V3 (mscale 1, factor 40) gives 1.3689 (facts sheet §1.1).
+    DeepSeek-V3 (mscale 1, factor 40; DeepSeek-V3 §4.3 and its released config) gives 1.3689.
     """
     if scale <= 1:
         return 1.0
@@ -113,7 +113,8 @@ def rope_inv_freq(dim: int, base: float, rope_scaling: dict[str, Any] | None = N
 def softmax_scale(cfg, head_dim: int | None = None) -> float:
     """The factor on ``qᵀk``: ``head_dim^−½`` (default ``qk_head_dim``, DeepSeek-V2 §2.1.2, Eq. (18)), times
     ``mscale²`` with ``mscale = yarn_get_mscale(factor, mscale_all_dim)`` under YaRN (DeepSeek-V3
-    ``inference/model.py`` ``MLA.__init__``; HF ``yarn_apply_mscale``). V3 → 0.13523, V2 → 0.11472 (facts sheet §1.1).
+    ``inference/model.py`` ``MLA.__init__``; HF ``yarn_apply_mscale``). V3 → 0.13523, V2 → 0.11472 (released configs:
+    mscale 1.0 and 0.707).
     """
     scale = (head_dim or cfg.qk_head_dim) ** -0.5
     yarn = _yarn_params(cfg.rope_scaling)

@@ -180,9 +180,9 @@ class DeepSeekMoE(nn.Module):
 
     - ``capacity_factor`` (None = no dropping, the default and DeepSeek-V3's choice): in training mode each expert
       keeps at most ⌈capacity_factor · N·K / E⌉ tokens of the batch, dropping its lowest-affinity ones
-      (``capacity_mask``); a dropped token still gets its other experts and the shared ones. As in DeepSeek-V2
-      §2.2.4 nothing is dropped in eval mode. ``last_dropped`` (..., K) bool marks the dropped assignments (None
-      when no capacity applied).
+      (``capacity_mask``); a dropped token still gets its other experts and the shared ones. DeepSeek-V2 §2.2.4 lets
+      inference "flexibly decide whether to drop tokens"; minimoe drops nothing in eval mode. ``last_dropped``
+      (..., K) bool marks the dropped assignments (None when no capacity applied).
     - ``experts_impl``: ``"loop"``, ``"grouped_mm"`` or ``"auto"`` (``grouped_mm`` on a GPU where torch offers
       it, else the loop: on a CPU the two measured the same, ``benchmarks/moe_dispatch.py``).
     """

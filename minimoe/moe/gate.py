@@ -10,7 +10,7 @@ them; ``Router`` only holds the weights. Semantics follow Hugging Face transform
 (``DeepseekV2TopkRouter``, ``DeepseekV3TopkRouter``) and DeepSeek-V3 ``inference/model.py`` ``Gate``:
 
 - Experts outside the kept groups are masked with ``-inf`` before the final top-k, as in DeepSeek-V3's code and
-  ``DeepseekV3TopkRouter``. ``DeepseekV2TopkRouter`` masks them with ``0.0`` instead (facts sheet §2.3); its scores
+  ``DeepseekV3TopkRouter``. ``DeepseekV2TopkRouter`` masks them with ``0.0`` instead (transformers 5); its scores
   are softmax probabilities, strictly positive, and the config guarantees the kept groups hold at least K experts,
   so both masks select the same experts. (With ``0.0`` and *biased* sigmoid scores, which can be negative, a masked
   expert could win; that is why the V3 code uses ``-inf``.)

@@ -13,7 +13,7 @@ This exchange is the traffic DeepSeek-V2's device-limited routing and communicat
 swapped, so gradients travel back to the ranks the tokens came from. Gradients of the replicated router and shared
 experts stay per rank, as in data parallelism; ``all_reduce_replicated_grads`` sums them. (DeepSeek-V3's
 ``inference/model.py`` shards the experts the same way but gives every rank all tokens and sums with one
-all_reduce: facts sheet §2.4.)
+all_reduce.)
 
 Demo, 2 processes (gloo on CPU, nccl on GPUs): ``torchrun --nproc_per_node 2 -m minimoe.moe.parallel``.
 """

@@ -1,8 +1,9 @@
 """Group Relative Policy Optimization: advantages, the k3 KL estimator and the clipped loss, as pure functions.
 
-DeepSeekMath §4.1 (Eq. (3)–(4)) defines GRPO; Dr. GRPO and DAPO change how per-token losses are aggregated
-(facts sheet §5.3). `grpo_loss` reproduces TRL 1.16 `GRPOTrainer._compute_loss` for its four loss types (with one
-process, no gradient accumulation and one optimisation step per generation batch), so students can compare the
+DeepSeekMath §4.1 (Eq. (3)–(4)) defines GRPO; Dr. GRPO (Liu et al. 2025) and DAPO (Yu et al. 2025) change how
+per-token losses are aggregated. `grpo_loss` reproduces TRL 1.16 `GRPOTrainer._compute_loss` for four of its eight
+loss types, "grpo", "bnpo", "dr_grpo" and "dapo" ("cispo", "sapo", "luspo" and "vespo" are not covered), with one
+process, no gradient accumulation and one optimisation step per generation batch, so students can compare the
 two line by line; `tests/test_grpo.py` checks the equality against TRL's own code.
 
 Shapes: B completions (G per prompt), T completion positions. Token tensors are (B, T); `mask` is 1 on real
@@ -50,7 +51,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token KL estimate D_KL = π_ref/π_θ − log(π_ref/π_θ) − 1 >= 0 (DeepSeekMath Eq. (4), Schulman's k3).
 
-    Unbiased for KL(π_θ ‖ π_ref) when tokens are sampled from π_θ; zero exactly where the log-probs agree.
+    As a *value* it is an unbiased estimate of KL(π_θ ‖ π_ref) when tokens are sampled from π_θ; zero exactly where
+    the log-probs agree. As a *loss term* its gradient is another matter: with r = π_ref/π_θ,
+    ∇_θ k3 = (1 − r) ∇_θ log π_θ, and E_{o∼π_θ}[(1 − r) ∇ log π_θ] = ∇ Σ_o π_θ − Σ_o π_ref ∇ log π_θ
+    = ∇_θ KL(π_ref ‖ π_θ): minimising k3 follows, in expectation, the gradient of KL(π_ref ‖ π_θ), not of
+    KL(π_θ ‖ π_ref).
 
     Shapes:
         logprobs, ref_logprobs: (B, T) -> (B, T)

@@ -36,6 +36,10 @@ def accuracy_reward(completions: Sequence[str], problems: Sequence[Checkable]) -
 def format_reward(completions: Sequence[str], problems: Sequence[Checkable] | None = None) -> torch.Tensor:
     """1.0 where the completion is exactly `<think>…</think><answer>…</answer>` (whitespace between allowed).
 
+    This rule is ours and stricter than R1's: DeepSeek-R1 §2.2.2 describes a format reward that only requires the
+    model to put its thinking process between `<think>` and `</think>` tags. Demanding the whole structure gives a
+    tiny policy no credit for half-formed output, and lets the accuracy reward find the answer block.
+
     `problems` is accepted for a uniform signature and not used.
 
     Shapes:

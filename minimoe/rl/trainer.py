@@ -5,8 +5,10 @@ completions each (`rollout.sample_groups`), reward them (`reward_fn`), turn rewa
 (`grpo.group_advantages`), then take `num_iterations` AdamW steps on `grpo.grpo_loss`. The first pass scores the
 completions under π_old = the policy that sampled them, so ρ = 1; later passes see ρ move away from 1 and the clip
 bite. The KL term compares with a frozen reference policy, reset to the current policy every `ref_reset_every`
-steps (iterative GRPO, DeepSeekMath §4.1.3; R1 resets every 400 steps). DAPO's dynamic sampling drops groups whose
-rewards are all equal (their advantages are 0) and samples more prompts to refill the batch.
+steps (as in iterative GRPO, DeepSeekMath §4.1.4, which also retrains its reward model with a replay of 10% of
+historical data; rule-based rewards have no model to retrain). R1 resets every 400 steps (Guo et al. 2025, Nature,
+Methods). DAPO's dynamic sampling drops groups whose rewards are all equal (their advantages are 0) and samples more
+prompts to refill the batch.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class GRPOConfig:
     beta: float = 0.0
     """β, weight of the k3 KL to the reference policy in the loss (DeepSeekMath: 0.04, R1: 0.001, DAPO and TRL: 0)."""
     epsilon_low: float = 0.2
-    """ε of the clip: ρ is clipped below at 1 − ε_low (PPO, GRPO: 0.2)."""
+    """ε of the clip: ρ is clipped below at 1 − ε_low (PPO's paper and TRL: 0.2; DeepSeekMath does not state its ε)."""
     epsilon_high: float | None = None
     """Upper clip 1 + ε_high; None = epsilon_low (symmetric). DAPO's clip-higher uses 0.28."""
     loss_type: str = "grpo"

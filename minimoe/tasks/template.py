@@ -1,9 +1,10 @@
 """The R1-Zero prompt template and a parser for `<think>…</think><answer>…</answer>` completions.
 
-DeepSeek-R1 §2.2.1 (Table 1) trains R1-Zero with a template that only fixes the format: reasoning inside
-`<think> </think>`, the final answer inside `<answer> </answer>`. Its rewards (§2.2.2) are rule-based: a format
-reward for that structure and an accuracy reward for the checked answer. The parsers below feed both rewards and
-must never raise, whatever a policy writes: missing or nested tags, garbage, huge numbers.
+DeepSeek-R1 §2.2.3 (Table 1) trains R1-Zero with a template that only fixes the format: reasoning inside
+`<think> </think>`, the final answer inside `<answer> </answer>`. Its rewards (DeepSeek-R1 §2.2.2) are rule-based: an
+accuracy reward for the checked answer and a format reward that requires the thinking between `<think>` tags (our
+format reward is stricter and asks for the whole structure: see ``minimoe.rl.rewards.format_reward``). The parsers
+below feed both rewards and must never raise, whatever a policy writes: missing or nested tags, garbage, huge numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Protocol
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
-# DeepSeek-R1 §2.2.1, Table 1, with the question in place of "prompt".
+# DeepSeek-R1 §2.2.3, Table 1, with the question in place of "prompt".
 R1_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "

@@ -2,7 +2,7 @@
 
 A character vocabulary keeps the tiny models of chapters 5 and 7 honest: the model must learn to add digit by
 digit, and the R1 tags `<think>` / `<answer>` are spelled out character by character, so producing the format is
-itself something the policy learns (DeepSeek-R1 §2.2.1 rewards exactly that with its format reward).
+itself something the policy learns (DeepSeek-R1 §2.2.2 rewards the `<think>` tags with its format reward).
 """
 
 from __future__ import annotations
