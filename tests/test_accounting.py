@@ -1,4 +1,5 @@
-"""Accounting against the published figures (facts sheet §1.4, §3, §4) and against the real modules."""
+"""Accounting against the published figures (DeepSeek-V2 Table 1, §3.1.2, App. B.1; DeepSeek-V3 §4.2, Table 1) and
+against the real modules."""
 
 import time
 
@@ -27,7 +28,7 @@ def preset(name, **kw):
 
 @pytest.mark.parametrize("name,total", [("deepseek-v2-lite", 15_706_484_224), ("deepseek-v2", 235_741_434_880),
                                         ("deepseek-v3", 671_026_419_200)])
-def test_totals_match_facts_sheet_exactly(name, total):
+def test_totals_match_the_published_configs_exactly(name, total):
     assert count_params(preset(name)).total == total
 
 
@@ -38,7 +39,7 @@ def test_totals_match_facts_sheet_exactly(name, total):
 ])
 def test_active_counts(name, active, active_emb, paper):
     p = count_params(preset(name))
-    assert abs(p.active - active) < 0.5e6  # facts sheet §3, rounded to the million
+    assert abs(p.active - active) < 0.5e6  # the counts of the book's Sources appendix, to the million
     assert abs(p.active_with_embedding - active_emb) < 0.5e6
     assert p.active_with_embedding - p.active == p.embedding
     assert abs(p.active - paper) / paper < 0.03  # the papers' rounded figures (2.4B is rounded down from 2.45B)
@@ -100,7 +101,7 @@ def test_kv_cache_table_1():
     assert kv_cache_per_token(v3, "mqa") == 2 * 128 * 61
     assert kv_cache_per_token(v3, "gqa", n_groups=8) == 2 * 8 * 128 * 61
     assert kv_cache_per_token(v3, "gqa") == kv_cache_per_token(v3, "mha")  # n_kv_heads defaults to n_h
-    assert kv_cache_per_token(v3, "mla_naive") // 61 == 40_960  # facts sheet §1.2
+    assert kv_cache_per_token(v3, "mla_naive") // 61 == 40_960  # 128 heads x (192 + 128), DeepSeek-V3 inference/model.py, attn_impl "naive"
     # MLA = GQA with 2.25 groups when d_c = 4 d_h and d^R_h = d_h / 2 (V2 §2.1.4)
     assert 4 * kv_cache_per_token(v3, "mla") == kv_cache_per_token(v3, "gqa", n_groups=9)
 

@@ -104,7 +104,7 @@ def test_yarn_inv_freq_cos_sin_and_scale_equal_hf(scaling):
 
 
 def test_softmax_scale_of_published_configs():
-    # facts sheet §1.1: 192^-0.5 = 0.07217; V3 (mscale 1.0) 0.13523; V2 / V2-Lite (mscale 0.707) 0.11472
+    # DeepSeek-V3 inference/model.py MLA.__init__: 192^-0.5 = 0.07217; V3 (mscale 1.0) 0.13523; V2 / V2-Lite (mscale 0.707) 0.11472
     assert softmax_scale(ModelConfig.from_preset("deepseek-v3")) == pytest.approx(0.13523, abs=5e-6)
     assert softmax_scale(ModelConfig.from_preset("deepseek-v2")) == pytest.approx(0.11472, abs=5e-6)
     assert softmax_scale(ModelConfig.from_preset("deepseek-v2-lite")) == pytest.approx(0.11472, abs=5e-6)
