@@ -3,8 +3,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# This machine keeps a small CPU wheel of torch on disk; pip takes it when asked for exactly that version.
-# Users elsewhere get whatever `torch>=2.4` resolves to: the pin lives here, never in pyproject.toml.
+# TORCH_PREFERRED is tried first (a machine whose pip cache holds that CPU wheel installs it without a download);
+# when it is unavailable, `torch>=2.4` resolves as usual. The pin lives here, never in pyproject.toml.
 TORCH_PREFERRED ?= torch==2.13.0
 
 .PHONY: help install test test-fast book lab bench clean browser-deps
