@@ -154,7 +154,7 @@ def kv_cache_bytes(cfg: ModelConfig, attention: str = "mla", *, n_tokens: int = 
                    bytes_per_element: float = 2, **kwargs: int | None) -> float:
     """Bytes of KV cache for ``batch_size`` sequences of ``n_tokens`` tokens (2 bytes = BF16, 1 = FP8).
 
-    DeepSeek-V2 deployed a cache quantised to 6 bits per element on average (§3.2.3): ``bytes_per_element=0.75``.
+    DeepSeek-V2 deployed a cache quantised to 6 bits per element on average (DeepSeek-V2 §3.2.3): ``bytes_per_element=0.75``.
     Further keyword arguments go to :func:`kv_cache_per_token`.
 
     Shapes: returns a number of bytes.

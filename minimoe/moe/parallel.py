@@ -8,8 +8,8 @@ experts are replicated. Every rank routes its own tokens, then:
 2. compute: run its local experts on the rows it received, grouped by expert (``run_experts``);
 3. combine: send the outputs back with the reverse all-to-all, weight them by g_{i,t} and add them to their tokens.
 
-This exchange is the traffic DeepSeek-V2's device-limited routing and communication balance loss bound (§2.2.2,
-§2.2.3). The all-to-all is differentiable (``AllToAll``): its backward is the all-to-all with the split sizes
+This exchange is the traffic DeepSeek-V2's device-limited routing and communication balance loss bound (DeepSeek-V2
+§2.2.2, §2.2.3). The all-to-all is differentiable (``AllToAll``): its backward is the all-to-all with the split sizes
 swapped, so gradients travel back to the ranks the tokens came from. Gradients of the replicated router and shared
 experts stay per rank, as in data parallelism; ``all_reduce_replicated_grads`` sums them. (DeepSeek-V3's
 ``inference/model.py`` shards the experts the same way but gives every rank all tokens and sums with one

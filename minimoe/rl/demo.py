@@ -5,7 +5,7 @@ three-digit additions written by a sloppy teacher: the teacher adds column by co
 forgets an incoming carry with probability `slip_prob` (0.6), and its `<answer>` follows its own work. The SFT policy
 therefore writes the format perfectly, carries sometimes and, decoding greedily, copies the teacher's majority habit:
 it is right only on the problems that need no carry. GRPO with the rule-based rewards of R1-Zero (accuracy + format,
-§2.2.2) then finds, from its own samples, that carrying is what the checker rewards.
+DeepSeek-R1 §2.2.2) then finds, from its own samples, that carrying is what the checker rewards.
 
     python -m minimoe.rl.demo sft        # ≈ 2 min: writes minimoe/rl/checkpoints/sft_addition.pt (shipped)
     python -m minimoe.rl.demo grpo       # ≈ 3 min: GRPO from that checkpoint, held-out accuracy before / after
