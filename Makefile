@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # when it is unavailable, `torch>=2.4` resolves as usual. The pin lives here, never in pyproject.toml.
 TORCH_PREFERRED ?= torch==2.13.0
 
-.PHONY: help install test test-fast book lab bench clean browser-deps
+.PHONY: help install test test-fast book lab bench clean browser-deps grading-deps
 
 help:
 	@echo "make book   execute every chapter and build the site into book/_build/html"
@@ -27,7 +27,7 @@ install: $(STAMP)
 # Two pytest workers on two cores: one torch thread each, or OpenMP threads fight over the cores (10x slower).
 # --dist loadfile keeps each test file on one worker (the book tests share one build; loadgroup is ignored by
 # pytest-xdist 3.8 under pytest 9).
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps grading-deps
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
@@ -54,8 +54,18 @@ bench: $(STAMP)
 clean:
 	rm -rf book/_build
 
+# Grading runs every submission's kernel in Debian's bubblewrap sandbox (assignments/sandbox.py). Install it with apt
+# when it is missing and apt-get is usable (root); otherwise say so: grade.py then refuses to grade, and the grading
+# tests skip, saying why.
+grading-deps:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y bubblewrap || (apt-get update && apt-get install -y bubblewrap) \
+		|| echo "grading-deps: could not install bubblewrap; grading and its tests need it"; \
+	else echo "grading-deps: bwrap is missing and apt-get needs root: sudo apt-get install bubblewrap"; fi
+
 .PHONY: assignments
 # The student release of every assignment under assignments/release/ (build output, gitignored).
-assignments: $(STAMP)
+assignments: $(STAMP) grading-deps
 	cd assignments && for a in source/*/; do a=$$(basename $$a); \
 		PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
