@@ -12,7 +12,7 @@ TORCH_PREFERRED ?= torch==2.13.0
 help:
 	@echo "make book   execute every chapter and build the site into book/_build/html"
 	@echo "make test   run the whole test suite"
-	@echo "make lab    open the chapters in JupyterLab"
+	@echo "make lab    open working copies of the chapters (lab/) in JupyterLab"
 	@echo "make bench  run the benchmarks in benchmarks/"
 
 $(STAMP): pyproject.toml
@@ -36,17 +36,32 @@ test-fast: $(STAMP)
 book: $(STAMP)
 	$(BIN)/python book/build.py
 
-# The browser tests drive Debian's chromium with Playwright (from the dev extra). Install chromium with apt when it
-# is missing and apt-get is usable (root); otherwise carry on, and the browser tests skip saying why.
+# The browser tests drive Debian's chromium with Playwright (from the dev extra), and check the 繁體中文 glossary as
+# rendered text, which needs a CJK font. Install both with apt when either is missing and apt-get is usable (root);
+# otherwise carry on, and the browser tests skip saying why.
+BROWSER_PACKAGES := chromium fonts-noto-cjk
 browser-deps:
-	@if [ -x /usr/bin/chromium ]; then :; \
+	@if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get install -y chromium || (apt-get update && apt-get install -y chromium) \
-		|| echo "browser-deps: could not install chromium; the browser tests will skip"; \
-	else echo "browser-deps: /usr/bin/chromium is missing and apt-get needs root; the browser tests will skip"; fi
+		apt-get install -y $(BROWSER_PACKAGES) || (apt-get update && apt-get install -y $(BROWSER_PACKAGES)) \
+		|| echo "browser-deps: could not install $(BROWSER_PACKAGES); the browser tests will skip"; \
+	else echo "browser-deps: $(BROWSER_PACKAGES) missing and apt-get needs root; the browser tests will skip"; fi
 
+# JupyterLab saves outputs into the notebooks it opens, so it opens working copies in lab/ (ignored by git), never
+# the tracked notebooks/: a `git pull` then never conflicts with what a student ran. A chapter is copied when lab/
+# has no copy yet; after a pull, delete lab/NN_name.ipynb to take the new version (make lab names the ones that
+# changed). nbgrader's server extensions are for the assignments (assignments/README.md) and stay off here.
+LAB_DIR ?= lab
+NBGRADER_OFF := {'nbgrader.server_extensions.formgrader': False, 'nbgrader.server_extensions.assignment_list': False, \
+	'nbgrader.server_extensions.course_list': False, 'nbgrader.server_extensions.validate_assignment': False}
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	@mkdir -p $(LAB_DIR)
+	@for nb in notebooks/*.ipynb; do copy=$(LAB_DIR)/$$(basename $$nb); \
+		if [ ! -e $$copy ]; then cp $$nb $$copy; \
+		elif ! cmp -s $$nb $$copy && [ $$nb -nt $$copy ]; then \
+			echo "lab: $$nb is newer than your $$copy; delete your copy to take the new version"; fi; done
+	cd $(LAB_DIR) && $(CURDIR)/$(BIN)/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
+		--ServerApp.jpserver_extensions="$(NBGRADER_OFF)" $(LAB_ARGS)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
