@@ -3,10 +3,6 @@
 - ``BoundedExecute``: nbgrader's ``Execute`` that stops recording a cell's output after ``max_output_chars``
   characters, while the cell runs. nbgrader's ``LimitOutput`` only trims afterwards, so a flood of output would first
   be held in the grader's memory in full.
-- ``ScrubGradebook``: after ``OverwriteCells`` has restored the test cells (hidden tests included) from the
-  gradebook, blank the cell sources of this notebook (and of every other assignment) in that gradebook, so the
-  student code that runs next cannot read the hidden tests from ``gradebook.db``. Destructive by design: ``grade.py`` enables it only for the throw-away copy of the
-  gradebook it grades each student against; it refuses to run unless ``NBGRADER_SCRUB_OK`` names that very file.
 - ``ScrubAutogradedInput``: delete the sanitised notebook nbgrader left on disk in the kernel's folder (it holds
   the restored hidden tests) before the first cell runs; also ``grade.py``'s staging copy only.
 - ``SanitizeHiddenOutputs``: for feedback, in every cell that holds hidden tests, replace the outputs by one error
@@ -29,11 +25,10 @@ import hmac
 import json
 import os
 import re
-import sqlite3
 
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Integer, Unicode
+from traitlets import Integer
 
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
 
@@ -60,24 +55,6 @@ class BoundedExecute(Execute):
                                           "characters ...\n"))
             self._kept_chars[cell_index] = self.max_output_chars + 1
         return None
-
-
-class ScrubGradebook(NbGraderPreprocessor):
-    """Blank the cell sources of a throw-away gradebook once the submission's test cells have been restored."""
-
-    db_path = Unicode("", help="path of the gradebook copy to scrub (must equal $NBGRADER_SCRUB_OK)").tag(config=True)
-
-    def preprocess(self, nb, resources):
-        path = os.path.realpath(self.db_path) if self.db_path else ""
-        if not path or path != os.path.realpath(os.environ.get("NBGRADER_SCRUB_OK", "/nonexistent")):
-            raise RuntimeError("ScrubGradebook only runs on the gradebook copy that grade.py names in "
-                               "NBGRADER_SCRUB_OK; refusing to touch " + repr(self.db_path))
-        notebook, assignment = resources["nbgrader"]["notebook"], resources["nbgrader"]["assignment"]
-        with sqlite3.connect(path) as db:  # this notebook, and every notebook of the other assignments
-            db.execute("UPDATE source_cell SET source = '', checksum = '' WHERE notebook_id IN ("
-                       "SELECT notebook.id FROM notebook JOIN assignment ON notebook.assignment_id = assignment.id "
-                       "WHERE assignment.name != ? OR notebook.name = ?)", (assignment, notebook))
-        return nb, resources
 
 
 class ScrubAutogradedInput(NbGraderPreprocessor):
