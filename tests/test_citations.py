@@ -44,8 +44,6 @@ FORBIDDEN = {
     "a 'shared/' folder outside the repository": re.compile(r"(?<![\w.-])(?:\.\./)?" + "shared" + r"/"),
     "an absolute machine path": re.compile(r"(?<![\w.~-])/(?:" + "work|root|tmp" + r")/"),
 }
-# Files another change is rewriting; each entry must still offend (so the list cannot go stale).
-PENDING = {"assignments/README.md"}  # the grading rewrite (issue 10) removes its pointer to a shared/ folder
 
 
 def tracked_text_files() -> list[Path]:
@@ -126,18 +124,12 @@ def test_the_section_reference_pattern(text, ok):
 
 
 def test_no_file_points_outside_the_repository():
-    offences, clean_pending = [], []
+    offences = []
     for path in tracked_text_files():
         name = str(path.relative_to(ROOT))
         if name == "tests/test_citations.py":
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        found = [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {what}"
-                 for what, pattern in FORBIDDEN.items() for m in pattern.finditer(text)]
-        if name in PENDING:
-            if not found:
-                clean_pending.append(name)
-            continue
-        offences += found
+        offences += [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {what}"
+                     for what, pattern in FORBIDDEN.items() for m in pattern.finditer(text)]
     assert not offences, "tracked files point outside the repository:\n" + "\n".join(offences)
-    assert not clean_pending, f"{clean_pending} no longer point outside the repository: remove them from PENDING"
