@@ -179,3 +179,36 @@ def test_a_slider_redraws_its_output_after_run_all(jupyterlab):
         page.screenshot(path=screenshot_path("jupyterlab", "after_slider.png"))
         assert all("favicon" in error for error in watch.console_errors), watch.console_errors
         browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_make_lab_opens_working_copies_as_any_user_without_warnings(tmp_path):
+    """`make lab` works as root, says nothing about a missing nbgrader config, and serves copies in its lab folder:
+    what JupyterLab saves never lands in the tracked notebooks/."""
+    lab = tmp_path / "lab"
+    before = {p.name for p in NOTEBOOKS.glob("*.ipynb")}
+    port, token = free_port(), "minimoe-make-lab"
+    env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    args = (f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} "
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
+    log_path = tmp_path / "make-lab.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_DIR={lab}", f"LAB_ARGS={args}"],
+                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", process, timeout_s=120)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=10) as r:
+                served = {item["name"] for item in json.load(r)["content"]}
+        finally:
+            os.killpg(process.pid, 15)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+    text = log_path.read_text()
+    assert "Running as root is not recommended" not in text, text[-2000:]
+    assert "nbgrader_config.py" not in text, text[-2000:]
+    # The server's root is the lab folder, which holds a copy of every chapter (and nothing of notebooks/ itself).
+    assert {p.name for p in lab.glob("*.ipynb")} == before and served == before, served
