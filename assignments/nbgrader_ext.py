@@ -224,16 +224,17 @@ class VerifyEvidence(NbGraderPreprocessor):
             errors = [o for o in cell.outputs if o.output_type == "error"]
             cell.outputs = [o for o in cell.outputs if not (o.output_type == "display_data"
                                                             and EVIDENCE_MIME in o.get("data", {}))]
-            if errors:
+            tampering = sorted(set(problems) | {p for e in mine for p in e.get("problems", [])})
+            if tampering:
+                verdict = "tampered"
+                cell.outputs.append(_grading_error("the grader found IPython's execution machinery modified, so "
+                                                   "no test earns points: " + "; ".join(tampering)))
+            elif errors:
                 verdict = "failed"
             elif not mine:
                 verdict = "no evidence"
                 cell.outputs.append(_grading_error("this test cell did not run to its end, so it earns no points "
                                                    "(an error was raised and hidden, or the cell was cut short)"))
-            elif mine[0].get("problems") or problems:
-                verdict = "tampered"
-                cell.outputs.append(_grading_error("the grader found IPython's execution machinery modified: "
-                                                   + "; ".join(mine[0].get("problems") or problems)))
             else:
                 verdict = "passed"  # warnings on stderr do not cost the points of a test that ran to its end
                 for o in cell.outputs:

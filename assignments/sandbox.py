@@ -159,6 +159,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         self.ip = os.path.join(self.socket_dir, "kernel")
         self.connection_file = os.path.join(self.socket_dir, "connection.json")
         self._watchdog: Watchdog | None = None
+        # A signal would reach bwrap, not the kernel inside: interrupt (cell timeouts) with a control message.
+        self.kernel_spec.interrupt_mode = "message"
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         cmd = super().format_kernel_cmd(extra_arguments)

@@ -1,11 +1,12 @@
-"""Autograde a class of generated submissions with assignments/grade.py and print submissions per minute.
+"""Autograde a class of generated submissions per lab with assignments/grade.py, in its sandbox, and print
+submissions per minute for each lab.
 
-    python benchmarks/autograde.py                 # 100 submissions of a2_moe_routing, 2 at a time
-    python benchmarks/autograde.py --n 10 --assignment a1_mla
+    python benchmarks/autograde.py                       # 100 submissions of every lab, 2 at a time
+    python benchmarks/autograde.py --n 10 --assignment a3_grpo
 
 Submissions cycle through the reference solution, the unsolved release and partial solutions (one solved part
 each), so the timing covers passing and failing tests. The course is a temporary copy; the repository is not touched.
-Target: 100 submissions within 10 minutes on the 2-core reference machine.
+Target: 100 submissions of each lab within 10 minutes on two cores, in the sandbox.
 """
 
 from __future__ import annotations
@@ -54,29 +55,43 @@ def make_class(course: Path, assignment: str, n: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=TARGET_N, help="number of submissions")
-    parser.add_argument("--assignment", default="a2_moe_routing")
+    parser.add_argument("--assignment", action="append", help="a lab (repeatable); default: every lab")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    labs = args.assignment or sorted(p.name for p in (ROOT / "assignments" / "source").iterdir() if p.is_dir())
+    rows, status = [], 0
+    for lab in labs:
+        seconds, results = grade_lab(lab, args.n, args.jobs)
+        failed = [r for r in results if r.status != "ok"]
+        per_minute = len(results) / seconds * 60
+        projected = TARGET_N / per_minute * 60
+        rows.append((lab, len(results), seconds, per_minute, projected, len(failed)))
+        print(f"{lab}: {len(results)} submissions in {seconds:.1f} s with {args.jobs} jobs -> {per_minute:.1f} "
+              f"submissions/minute; {len(failed)} not graded", flush=True)
+        status |= bool(failed)
+    print(f"\n| lab | submissions | seconds | per minute | projected for {TARGET_N} | within {TARGET_S} s |")
+    print("|---|---|---|---|---|---|")
+    for lab, n, seconds, per_minute, projected, _ in rows:
+        print(f"| {lab} | {n} | {seconds:.0f} | {per_minute:.1f} | {projected:.0f} s | "
+              f"{'yes' if projected <= TARGET_S else 'NO'} |")
+    return 1 if status else 0
+
+
+def grade_lab(lab: str, n: int, jobs: int) -> tuple[float, list]:
+    """Release `lab` in a temporary course, hand in `n` generated submissions, grade them; (seconds, results)."""
     with tempfile.TemporaryDirectory(prefix="autograde-bench-") as tmp:
         course = Path(tmp)
-        for name in ("nbgrader_config.py", "nbgrader_ext.py"):
+        for name in ("nbgrader_config.py", "nbgrader_ext.py", "sandbox.py", "submission.py"):
             shutil.copy(ROOT / "assignments" / name, course / name)
-        shutil.copytree(ROOT / "assignments" / "source" / args.assignment, course / "source" / args.assignment)
+        shutil.copytree(ROOT / "assignments" / "source" / lab, course / "source" / lab)
         env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-        subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", args.assignment, "--force"],
+        subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", lab, "--force"],
                        cwd=course, env=env, check=True, capture_output=True)
-        make_class(course, args.assignment, args.n)
+        make_class(course, lab, n)
         start = time.perf_counter()
-        results = grade.grade_class(course, args.assignment, jobs=args.jobs, progress=lambda line: None)
-        seconds = time.perf_counter() - start
-    failed = [r for r in results if r.status != "ok"]
-    per_minute = len(results) / seconds * 60
-    print(f"{args.assignment}: {len(results)} submissions in {seconds:.1f} s with {args.jobs} jobs "
-          f"-> {per_minute:.1f} submissions/minute ({seconds / len(results):.2f} s each); {len(failed)} not graded")
-    projected = TARGET_N / per_minute * 60
-    print(f"projected for {TARGET_N}: {projected:.0f} s (target {TARGET_S} s): "
-          f"{'within' if projected <= TARGET_S else 'OVER'} budget")
-    return 1 if failed else 0
+        results = grade.grade_class(course, lab, jobs=jobs, secret_file=course / "grading-secret",
+                                    progress=lambda line: None)
+        return time.perf_counter() - start, results
 
 
 if __name__ == "__main__":
