@@ -8,7 +8,10 @@ Called by `make book`. The steps:
 3. `jupyter-book build book -W -n --keep-going`: every warning and every cell error fails the build;
    notebook outputs are cached in `book/_build/.jupyter_cache`, so a rebuild re-executes only the chapters
    that changed;
-4. print how long each chapter took to execute (from the jupyter-cache records) and how to open the site.
+4. write `minimoe-notebooks.zip` next to the site's index.html: every chapter as an executed notebook (today's
+   text, the outputs of this build, no execution metadata), with a first cell that installs `minimoe` where it
+   is missing, and a README;
+5. print how long each chapter took to execute (from the jupyter-cache records) and how to open the site.
 
 Usage: `python book/build.py [--book DIR]`.
 """
@@ -19,6 +22,7 @@ import argparse
 import fcntl
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -108,22 +112,78 @@ def vendor(book: Path) -> Path:
     return site_vendor
 
 
+def kernel_profile(book: Path) -> Path:
+    """An IPython folder whose start-up file (`_ext/kernel_startup.py`) the chapters' kernels run during the build:
+    progress bars recorded as their final line of text, figures recorded with a description for their alt text."""
+    ipython = book / "_build" / "ipython"
+    startup = ipython / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    shutil.copy(book / "_ext" / "kernel_startup.py", startup / "00-minimoe-book.py")
+    return ipython
+
+
+class LogFilter:
+    """Drops two kinds of lines from jupyter-book's log that only mislead a reader of it:
+
+    - ipykernel's "Kernel is running over TCP without encryption" warning, printed once per chapter: the kernels
+      listen on 127.0.0.1 only, for the build's own process;
+    - jupyter-book's closing box, which suggests opening the site through a file:// URL, where the search and the
+      widgets do not work; print_report says how to serve it instead.
+    """
+
+    TCP_WARNING = "Kernel is running over TCP without encryption"
+    BOX_START = "Finished generating HTML for book"
+
+    def __init__(self):
+        self.tcp_warnings = 0
+        self.pending_border: str | None = None  # a line of "=" that may open jupyter-book's box
+        self.in_box = False
+
+    @staticmethod
+    def is_border(line: str) -> bool:
+        text = line.strip()
+        return len(text) > 10 and set(text) == {"="}
+
+    def __call__(self, line: str) -> str:
+        """The part of `line` to print ("" for none)."""
+        if self.TCP_WARNING in line:
+            self.tcp_warnings += 1
+            return ""
+        if self.in_box:
+            if self.is_border(line):
+                self.in_box = False
+            return ""
+        if self.BOX_START in line:
+            self.in_box, self.pending_border = True, None
+            return ""
+        held, self.pending_border = self.pending_border, None
+        if self.is_border(line):
+            self.pending_border = line
+            return held or ""
+        return (held or "") + line
+
+
 def run_jupyter_book(book: Path) -> tuple[int, set[str]]:
     """Run `jupyter-book build BOOK -W -n --keep-going` with the jupyter-book beside this Python.
 
     Returns its exit status and the names of the notebooks whose execution failed (read from its log, which
-    is passed through as it comes).
+    is passed through as it comes, less the lines `LogFilter` drops).
     """
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(book), "-W", "-n", "--keep-going"]
     print("$ " + " ".join(cmd), flush=True)
+    env = dict(os.environ, IPYTHONDIR=str(kernel_profile(book)))
     failed = set()
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    keep = LogFilter()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=env) as proc:
         for line in proc.stdout:
-            sys.stdout.write(line)
+            sys.stdout.write(keep(line))
             match = NOTEBOOK_FAILED.search(line)
             if match:
                 failed.add(match.group(1))
+    if keep.pending_border:
+        sys.stdout.write(keep.pending_border)
     return proc.returncode, failed
 
 
@@ -148,6 +208,99 @@ def chapter_timings(book: Path, since: dt.datetime, failed: set[str]) -> list[tu
         state = "executed" if record.created >= since else "cached"
         rows.append((nb.stem, seconds, state))
     return rows
+
+
+ARCHIVE = "minimoe-notebooks.zip"
+INSTALL_CELL = """\
+# Installs minimoe where it is missing (Colab, a hub, a fresh Python); does nothing where the course is installed.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("minimoe") is None:
+    SOURCE = {source!r}
+    if not SOURCE:
+        raise RuntimeError("minimoe is not installed: pip install the course's repository, see README.txt")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", SOURCE], check=True)"""
+ARCHIVE_README = """\
+minimoe: DeepSeek's ideas from first principles, version {version}
+====================================================================
+
+The chapters of the course as notebooks, executed when the site was built: open them in JupyterLab, Jupyter
+Notebook, a JupyterHub or Colab. Each one starts with a cell that installs the `minimoe` package when it is
+missing{where}; then run the notebook top to bottom (each chapter takes a few minutes on a laptop CPU) and drag
+the explorers' sliders.
+
+With a clone of the repository, `make lab` opens the same chapters in JupyterLab instead.
+
+Licence: MIT (LICENSE).
+"""
+
+
+def repository_url(book: Path) -> str:
+    import yaml
+
+    config = yaml.safe_load((book / "_config.yml").read_text(encoding="utf-8")) or {}
+    return ((config.get("repository") or {}).get("url") or "").strip()
+
+
+def archive_notebook(nb, source: str):
+    """An executed chapter as handed to students: the install cell first, no execution metadata."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(INSTALL_CELL.format(source=source), metadata={"tags": ["remove-cell"]})
+    cell.id = "install-minimoe"
+    nb.cells.insert(0, cell)
+    for code in nb.cells:
+        code.metadata.pop("execution", None)
+        if code.cell_type == "code":
+            code.execution_count = None
+            for output in code.get("outputs", []):
+                if "execution_count" in output:
+                    output["execution_count"] = None
+    return nb
+
+
+def write_archive(book: Path, html: Path) -> Path | None:
+    """`minimoe-notebooks.zip` in the site: every chapter, executed (outputs from the jupyter-cache merged into
+    the current notebook), or None when a chapter has no cached execution (a failed build)."""
+    import zipfile
+
+    import nbformat
+    from jupyter_cache import get_cache
+
+    cache_dir = book / "_build" / ".jupyter_cache"
+    if not cache_dir.exists() or not html.exists():
+        return None
+    cache = get_cache(cache_dir)
+    url = repository_url(book)
+    source = f"minimoe[course] @ git+{url.rstrip('/')}" if url else ""
+    where = f" (from {url})" if url else ""
+    try:
+        version = re.search(r'^version\s*=\s*"([^"]+)"', (book.parent / "pyproject.toml").read_text(),
+                            re.MULTILINE).group(1)
+    except (OSError, AttributeError):
+        version = "unknown"
+    target = html / ARCHIVE
+    partial = target.with_suffix(".zip.partial")
+    fixed_time = (2025, 1, 1, 0, 0, 0)
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted((book / "chapters").glob("*.ipynb")):
+            nb = nbformat.read(path, as_version=4)
+            try:
+                _, nb = cache.merge_match_into_notebook(nb)
+            except KeyError:
+                partial.unlink()
+                return None
+            text = nbformat.writes(archive_notebook(nb, source)) + "\n"
+            archive.writestr(zipfile.ZipInfo(f"minimoe-notebooks/{path.name}", fixed_time), text)
+        archive.writestr(zipfile.ZipInfo("minimoe-notebooks/README.txt", fixed_time),
+                         ARCHIVE_README.format(version=version, where=where))
+        licence = book.parent / "LICENSE"
+        if licence.exists():
+            archive.writestr(zipfile.ZipInfo("minimoe-notebooks/LICENSE", fixed_time), licence.read_text())
+    partial.replace(target)
+    return target
 
 
 def print_report(rows: list[tuple[str, float | None, str]], wall_s: float, html: Path) -> None:
@@ -195,6 +348,10 @@ def build(book: Path) -> int:
         html_shown = html.relative_to(Path.cwd())
     except ValueError:
         html_shown = html
+    if returncode == 0:
+        archive = write_archive(book, html)
+        print(f"\nThe chapters as executed notebooks: {archive}" if archive else
+              "\nNo notebook archive: a chapter has no cached execution")
     print_report(chapter_timings(book, since, failed), time.monotonic() - start_wall, html_shown)
     if returncode != 0:
         logs = sorted((html / "reports").glob("**/*.err.log")) if (html / "reports").exists() else []

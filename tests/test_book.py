@@ -324,3 +324,298 @@ def test_search_page_finds_a_term(browser, site_url, term, expected_page):
         assert watch.external == [] and watch.console_errors == [], (watch.external, watch.console_errors)
     finally:
         page.close()
+
+
+# ------------------------------------------------------------------------------------ publishing: fast checks
+
+
+def test_licence_citation_and_version_agree():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT", "project.license should be the SPDX string 'MIT'"
+    licence = (REPO / "LICENSE").read_text()
+    assert licence.startswith("MIT License") and "Permission is hereby granted" in licence
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT"
+    assert str(cff["version"]) == project["version"], "CITATION.cff's version differs from pyproject.toml's"
+    assert cff["title"] == TITLE
+    assert book_extension().package_version() == project["version"]
+
+
+def test_landing_page_syllabus_and_instructor_pages():
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    files = {c.get("file") for part in toc["parts"] for c in part["chapters"]}
+    assert {"syllabus", "instructor", "assignments", "glossary", "bibliography"} <= files
+    intro = (BOOK / "intro.md").read_text()
+    assert "appear here as they are written" not in intro
+    for heading in ("## The chapters", "## Before you start", "## How to run it", "## How to cite"):
+        assert heading in intro, heading
+    for stem in chapter_stems():
+        assert f"chapters/{stem}" in intro, f"the landing page's chapter table lacks {stem}"
+    syllabus = (BOOK / "syllabus.md").read_text()
+    weeks = re.findall(r"^\| (\d) ", syllabus, re.MULTILINE)
+    assert 6 <= len(set(weeks)) <= 8, weeks
+    instructor = (BOOK / "instructor.md").read_text()
+    for n in range(len(chapter_stems())):
+        section = re.search(rf"^## Chapter {n} .*?(?=^## |\Z)", instructor, re.MULTILINE | re.DOTALL)
+        assert section, f"instructor.md has no section for chapter {n}"
+        for part in ("**Outcomes.**", "**Discussion.**", "**Common mistakes.**"):
+            assert part in section.group(0), f"chapter {n} lacks {part}"
+
+
+def test_citation_labels_tell_one_authors_papers_apart_and_show_one_link():
+    from pybtex.database import parse_file
+    from pybtex.plugin import find_plugin
+
+    book_extension()  # registers the styles
+    style = find_plugin("pybtex.style.formatting", "minimoe")()
+    entries = list(style.format_bibliography(parse_file(str(BOOK / "references.bib"))))
+    labels = {entry.key: entry.label for entry in entries}
+    assert len(set(labels.values())) == len(labels), f"two entries share a label: {labels}"
+    assert labels["deepseekv2"] != labels["deepseekv3"]
+    assert re.fullmatch(r"DeepSeek-AI 2024[ab]", labels["deepseekv2"]), labels["deepseekv2"]
+    for entry in entries:
+        text = entry.text.render_as("text")
+        links = re.findall(r"https?://|arXiv:", text)
+        assert len(links) <= 1, f"{entry.key} shows {len(links)} links: {text}"
+    config = yaml.safe_load((BOOK / "_config.yml").read_text())["sphinx"]["config"]
+    assert config["bibtex_default_style"] == "minimoe" and config["bibtex_reference_style"] == "label"
+
+
+def test_markdown_outputs_render_as_myst_and_explorers_are_frozen():
+    config = yaml.safe_load((BOOK / "_config.yml").read_text())["sphinx"]["config"]
+    assert config["nb_render_markdown_format"] == "myst", "display(Markdown(...)) tables need the myst renderer"
+    state = {"state": {
+        "s": {"model_name": "IntSliderModel", "state": {"disabled": False}},
+        "o": {"model_name": "OutputModel", "state": {"outputs": [
+            {"output_type": "display_data", "data": {"text/markdown": "**step 3**: `1 + 2`", "text/plain": "x"}}]}},
+    }}
+    frozen = book_extension().freeze_widget_state(state)["state"]
+    assert frozen["s"]["state"]["disabled"] is True
+    html = frozen["o"]["state"]["outputs"][0]["data"]["text/html"]
+    assert "<strong>step 3</strong>" in html and "<code>1 + 2</code>" in html
+
+
+def test_build_log_drops_the_tcp_warnings_and_the_file_url():
+    spec = importlib.util.spec_from_file_location("book_build", BOOK / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    keep = build.LogFilter()
+    lines = ["reading sources\n",
+             "[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All communication …\n",
+             "=" * 60 + "\n", "Finished generating HTML for book.\n", "Your book's HTML pages are here:\n",
+             "    file:///work/book/_build/html/index.html\n", "=" * 60 + "\n", "done\n"]
+    shown = "".join(keep(line) for line in lines)
+    assert shown == "reading sources\ndone\n"
+
+
+def test_kernel_startup_prints_a_finished_bar_as_one_line_of_text():
+    code = (f"exec(open({str(BOOK / '_ext' / 'kernel_startup.py')!r}).read())\n"
+            "from tqdm.auto import tqdm\n"
+            "for _ in tqdm(range(5), desc='train'): pass\n"
+            "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
+            "fig, ax = plt.subplots(); ax.bar([0, 1], [1, 2]); ax.set_title('Load per expert')\n"
+            "print(_describe(fig))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and re.match(r"train: 100%\|█+\| 5/5 \[", lines[0]), result.stdout
+    assert lines[1] == "bar chart (Load per expert)", lines[1]
+
+
+# ------------------------------------------------------------------------------- publishing: in the browser
+
+WIDTHS = {"desktop": 1280, "phone": 390}
+# Visible text (code, maths and scripts left out) that is Markdown or TeX which was never rendered.
+RAW_MARKUP = [
+    (re.compile(r"\|\s*:?-{3,}:?\s*\|"), "a Markdown table rule (|---|)"),
+    (re.compile(r"\*\*[^\s*][^*]{0,80}\*\*"), "**bold** markers"),
+    (re.compile(r"`[^`\s][^`]{0,80}`"), "`backticks`"),
+    (re.compile(r"\$\\?[A-Za-z][^$\n]{0,40}\$"), "$TeX$ between dollars"),
+    (re.compile(r"\\(frac|mathrm|sum|sqrt|operatorname|left|right|begin)\b"), "a TeX command"),
+]
+VISIBLE_TEXT_JS = """() => {
+    const article = document.querySelector('article') || document.body;
+    const copy = article.cloneNode(true);
+    copy.querySelectorAll('pre, code, kbd, script, style, mjx-container, .highlight, textarea, .MathJax,'
+                          + ' mjx-assistive-mml').forEach(el => el.remove());
+    return copy.innerText;
+}"""
+LAYOUT_JS = """() => {
+    const article = document.querySelector('article.bd-article') || document.querySelector('article');
+    const column = article.getBoundingClientRect().width;
+    const wide = [];
+    for (const img of article.querySelectorAll('img')) {
+        const box = img.getBoundingClientRect();
+        if (box.width > column + 1) wide.push([img.getAttribute('src'), Math.round(box.width), Math.round(column)]);
+    }
+    const alts = Array.from(article.querySelectorAll('.cell_output img')).map(img => img.getAttribute('alt') || '');
+    return {scroll: document.documentElement.scrollWidth, viewport: window.innerWidth, wide, alts,
+            tables: article.querySelectorAll('table').length};
+}"""
+
+
+def chapter_prints_tables(stem: str) -> bool:
+    """Whether a chapter's code prints a Markdown table (a `|---|` rule inside a code cell)."""
+    import json
+
+    cells = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text(encoding="utf-8"))["cells"]
+    return any(c["cell_type"] == "code" and re.search(r"\|-{3}|---\|", "".join(c["source"])) for c in cells)
+
+
+def publish_pages() -> list[str]:
+    return ["index.html", "syllabus.html", "instructor.html", "glossary.html", "bibliography.html",
+            *(f"chapters/{stem}.html" for stem in chapter_stems())]
+
+
+def open_sized(browser, url: str, width: int):
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    watch = PageWatch(page)
+    page.goto(url, wait_until="load")
+    page.wait_for_load_state("networkidle")
+    if page.locator("mjx-container").count() or "$" in page.content():
+        page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise",
+                               timeout=30_000)
+        page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+    return page, watch
+
+
+def visible_toggle(page, kind: str):
+    buttons = page.locator(f"button.{kind}-toggle")
+    for i in range(buttons.count()):
+        if buttons.nth(i).is_visible():
+            return buttons.nth(i)
+    raise AssertionError(f"no visible .{kind}-toggle button")
+
+
+def check_menus(page, width: int, has_toc: bool) -> None:
+    """The site menu (and "on this page") open on narrow screens; the menu button hides the sidebar on wide ones."""
+    if width >= 992:
+        sidebar = page.locator("#pst-primary-sidebar")
+        assert sidebar.is_visible(), "the site menu is not shown beside the page"
+        visible_toggle(page, "primary").click()
+        page.wait_for_timeout(600)
+        assert not sidebar.is_visible(), "the menu button did not hide the sidebar"
+        visible_toggle(page, "primary").click()
+        page.wait_for_timeout(600)
+        assert sidebar.is_visible(), "the menu button did not bring the sidebar back"
+        return
+    kinds = ["primary", "secondary"] if has_toc else ["primary"]
+    for kind in kinds:
+        dialog = page.locator(f"#pst-{kind}-sidebar-modal")
+        visible_toggle(page, kind).click()
+        page.wait_for_timeout(400)
+        assert dialog.evaluate("d => d.open"), f"the {kind} sidebar button opened nothing at {width} px"
+        links = dialog.locator("a")
+        assert links.count() > 0 and any(links.nth(i).is_visible() for i in range(min(links.count(), 20))), \
+            f"the {kind} sidebar opened empty at {width} px"
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+        assert not dialog.evaluate("d => d.open"), f"Escape did not close the {kind} sidebar"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.xdist_group("book")
+@pytest.mark.parametrize("size", list(WIDTHS))
+@pytest.mark.parametrize("path", publish_pages())
+def test_page_is_readable_at_desktop_and_phone_width(browser, site_url, path, size):
+    width = WIDTHS[size]
+    page, watch = open_sized(browser, f"{site_url}/{path}", width)
+    try:
+        shot = screenshot_path("book", f"{size}_{path.replace('/', '_').replace('.html', '.png')}")
+        page.screenshot(path=shot, full_page=True)
+        text = page.evaluate(VISIBLE_TEXT_JS)
+        for pattern, what in RAW_MARKUP:
+            match = pattern.search(text)
+            assert not match, f"{path} shows {what} as text: …{text[max(match.start() - 60, 0):match.end() + 60]}…"
+        layout = page.evaluate(LAYOUT_JS)
+        if width <= 400:
+            assert layout["scroll"] <= layout["viewport"] + 1, (
+                f"{path} scrolls sideways at {width} px: {layout['scroll']} px wide")
+        assert not layout["wide"], f"figures wider than the column: {layout['wide']}"
+        for alt in layout["alts"]:
+            assert alt and ".png" not in alt and "/" not in alt.split(":")[0], f"alt text {alt!r} in {path}"
+        if path.startswith("chapters/") and chapter_prints_tables(Path(path).stem):
+            assert layout["tables"] > 0, f"{path} prints Markdown tables but shows no <table>"
+        check_menus(page, width, has_toc=page.locator("#pst-page-toc-nav").count() > 0)
+        assert watch.external == [], f"requests left localhost: {watch.external}"
+        assert watch.console_errors == [], watch.console_errors
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.xdist_group("book")
+@pytest.mark.parametrize("stem", [s for s in chapter_stems()])
+def test_explorers_say_they_run_live_and_progress_bars_are_text(browser, site_url, stem):
+    page, watch = open_sized(browser, f"{site_url}/chapters/{stem}.html", 1280)
+    try:
+        views = page.locator("script[type='application/vnd.jupyter.widget-view+json']")
+        notes = page.locator(".minimoe-live-note")
+        assert notes.count() == views.count(), f"{views.count()} explorers, {notes.count()} live notes"
+        for i in range(notes.count()):
+            assert "JupyterLab" in notes.nth(i).inner_text()
+            href = notes.nth(i).locator("a").first.get_attribute("href")
+            assert href.endswith("minimoe-notebooks.zip")
+        if views.count():
+            page.wait_for_selector(".jupyter-widgets", timeout=30_000)
+            sliders = page.locator(".widget-slider")
+            assert sliders.count() == page.locator(".widget-slider.mod-disabled, .widget-slider:has(.noUi-target[disabled])").count() \
+                or all(sliders.nth(i).evaluate("e => !!e.closest('.mod-disabled') || e.classList.contains('mod-disabled')")
+                       for i in range(sliders.count())), "an explorer's slider looks live in the static book"
+        assert page.locator(".widget-hprogress, .widget-progress").count() == 0, "a progress bar widget is shown"
+        assert watch.external == [] and watch.console_errors == [], (watch.external, watch.console_errors)
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.xdist_group("book")
+def test_glossary_chinese_renders_with_a_cjk_font(browser, site_url):
+    page, watch = open_sized(browser, f"{site_url}/glossary.html", 1280)
+    try:
+        term = page.locator("dl.glossary dt", has_text="鍵值快取").first
+        assert term.is_visible(), "the glossary does not show 鍵值快取"
+        term.evaluate("e => e.id = e.id || 'minimoe-cjk-probe'")
+        probe = term.get_attribute("id")
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": f"#{probe}"})["nodeId"]
+        fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+        cjk = [f for f in fonts if re.search(r"CJK|Han|Hei|Ming|Song|Kai|Noto Sans TC|Noto Serif TC", f["familyName"])]
+        assert cjk and sum(f["glyphCount"] for f in cjk) >= 4, (
+            f"鍵值快取 is drawn with {fonts}: install fonts-noto-cjk (make browser-deps)")
+        assert watch.external == []
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("book")
+def test_site_has_version_notebook_archive_and_no_launch_buttons_without_repository():
+    import json
+    import zipfile
+
+    html, log = built_site()
+    index = (html / "index.html").read_text(encoding="utf-8")
+    version = book_extension().package_version()
+    assert f"minimoe {version}" in index, "the footer does not show the version"
+    assert "file://" not in log and "Kernel is running over TCP" not in log
+    assert "launch-buttons" not in (html / "chapters" / f"{chapter_stems()[0]}.html").read_text(encoding="utf-8")
+    with zipfile.ZipFile(html / "minimoe-notebooks.zip") as archive:
+        names = archive.namelist()
+        for stem in chapter_stems():
+            name = f"minimoe-notebooks/{stem}.ipynb"
+            assert name in names, f"the archive lacks {stem}"
+            nb = json.loads(archive.read(name))
+            assert "find_spec(\"minimoe\")" in "".join(nb["cells"][0]["source"]), "no install cell first"
+            code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+            assert any(c["outputs"] for c in code), f"{stem} in the archive is not executed"
+            assert not any("execution" in c["metadata"] for c in nb["cells"]), f"{stem} keeps execution metadata"
+        assert "minimoe-notebooks/README.txt" in names and "minimoe-notebooks/LICENSE" in names

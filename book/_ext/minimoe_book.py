@@ -11,19 +11,90 @@ r"""Three fixes to the Jupyter Book 1 site, loaded from `_config.yml` (`sphinx.l
 - Equation tags in multi-line display maths. Sphinx wraps display maths that contains `\\` in
   `\begin{split}`, where MathJax refuses `\tag` ("\tag not allowed in split environment"); JupyterLab does not
   wrap it. An unnumbered display equation that has both is passed to MathJax as written, between `\[ \]`.
+
+And what makes the site publishable:
+
+- The version (from pyproject.toml) on every page's footer, with the licence and a link to "How to cite"; the
+  repository button whenever `repository.url` is set (the one place a lecturer names the repository).
+- `site.js` / `site.css` (book/_site/_static/minimoe): the sidebar buttons on phones, tablets and wide screens
+  (pydata-sphinx-theme #2451), figures scaled to the column that open full size on a click, long inline code
+  that wraps on a phone.
+- Figures' alt text says what they show: the kernels of the build record a `Description` in each PNG
+  (`_ext/kernel_startup.py`) and it becomes the image's alt text.
+- Explorers: the book has no Python behind it, so an explorer's controls cannot redraw anything. Each one is
+  preceded by a note saying so, with a link to the notebooks, and its controls are shown disabled. Markdown
+  printed inside an explorer is stored as HTML too, since the widget manager does not render Markdown.
+- Citations: author-year labels with a/b for one author's papers of one year ("DeepSeek-AI 2024a"), the same in
+  the text and in the bibliography, and each entry's link once (its arXiv number, else its URL, else its DOI).
 """
 
+import html
+import json
+import re
+import struct
+import zlib
+from collections import Counter
+from pathlib import Path
 from urllib.parse import quote
 
 from docutils import nodes
+from pybtex.plugin import register_plugin
+from pybtex.richtext import Text
+from pybtex.style.formatting.plain import Style as PlainStyle
+from pybtex.style.labels import BaseLabelStyle
+from pybtex.style.sorting.author_year_title import SortingStyle as AuthorYearTitleSorting
+from pybtex.style.template import field, href, join, optional, sentence
 from sphinx.application import Sphinx
 from sphinx.config import Config
 
+REPO = Path(__file__).resolve().parents[2]
+ARCHIVE = "minimoe-notebooks.zip"  # written next to index.html by book/build.py
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+CONTROL_MODELS = re.compile(r"(Slider|Dropdown|ToggleButtons|Checkbox|Button|Text|Select|RadioButtons|Play)Model$")
+
+
+def package_version() -> str:
+    """minimoe's version: `project.version` in pyproject.toml, else the installed package's."""
+    pyproject = REPO / "pyproject.toml"
+    if pyproject.exists():
+        match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.MULTILINE)
+        if match:
+            return match.group(1)
+    from importlib.metadata import version
+
+    return version("minimoe")
+
 
 def drop_launch_buttons_without_repository(app: Sphinx, config: Config) -> None:
+    """Launch and repository buttons only when `repository.url` names the repository."""
     theme = config.html_theme_options
     if not theme.get("repository_url"):
         theme["launch_buttons"] = {}
+        for button in ("use_repository_button", "use_issues_button", "use_edit_page_button"):
+            theme[button] = False
+    else:
+        theme["use_repository_button"] = True
+
+
+def set_version(app: Sphinx, config: Config) -> None:
+    """The package version as Sphinx's `version`/`release` and as the MyST substitution `{{ version }}`."""
+    version = package_version()
+    config.version = config.release = version
+    substitutions = dict(getattr(config, "myst_substitutions", None) or {})
+    substitutions.setdefault("version", version)
+    config.myst_substitutions = substitutions
+
+
+def footer_with_version(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Every page's footer: the version, the licence and where to find how to cite the course."""
+    pathto = context.get("pathto")
+    cite = pathto("intro") + "#how-to-cite" if pathto else "#"
+    extra = context.get("theme_extra_footer") or ""
+    context["theme_extra_footer"] = (
+        f'{extra}<p class="minimoe-version">minimoe {html.escape(app.config.release)} · MIT licence · '
+        f'<a href="{cite}">How to cite</a></p>'
+    )
 
 
 def point_launch_links_at_notebooks(
@@ -64,9 +135,205 @@ def keep_tags_out_of_split(app: Sphinx, doctree: nodes.document, docname: str) -
             node["nowrap"] = True
 
 
+# ------------------------------------------------------------------------------------------- figures
+
+
+def png_description(path: Path) -> str | None:
+    """The `Description` text chunk of a PNG (tEXt, zTXt or iTXt), or None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"tEXt":
+            key, _, text = body.partition(b"\0")
+            if key == b"Description":
+                return text.decode("latin-1")
+        elif kind == b"zTXt":
+            key, _, rest = body.partition(b"\0")
+            if key == b"Description":
+                return zlib.decompress(rest[1:]).decode("latin-1")
+        elif kind == b"iTXt":
+            key, _, rest = body.partition(b"\0")
+            if key == b"Description":
+                compressed, rest = rest[0], rest[2:]
+                _, _, rest = rest.partition(b"\0")  # language tag
+                _, _, text = rest.partition(b"\0")  # translated keyword
+                return (zlib.decompress(text) if compressed else text).decode("utf-8")
+        elif kind == b"IEND":
+            break
+    return None
+
+
+def section_title(node: nodes.Node) -> str:
+    parent = node.parent
+    while parent is not None:
+        if isinstance(parent, nodes.section) and parent.children and isinstance(parent[0], nodes.title):
+            return parent[0].astext()
+        parent = parent.parent
+    return ""
+
+
+def describe_figures(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Alt text for each cell-output image: what it shows (see kernel_startup.py), not its file name."""
+    for image in doctree.findall(nodes.image):
+        alt = image.get("alt", "")
+        uri = image.get("uri", "")
+        if alt and not alt.endswith(Path(uri).name) and "/" not in alt:
+            continue
+        path = Path(uri.lstrip("/")) if Path(uri).is_absolute() else Path(uri)
+        candidates = [Path(app.srcdir) / path, Path(app.srcdir) / Path(docname).parent / path, Path(uri)]
+        description = next((d for d in map(png_description, candidates) if d), None)
+        if description:
+            image["alt"] = f"Figure: {description}"
+        else:
+            title = section_title(image)
+            image["alt"] = f"A figure of the section “{title}”" if title else "A figure drawn by the chapter's code"
+
+
+# ------------------------------------------------------------------------------------------- explorers
+
+
+def live_note(docname: str, launchable: bool) -> nodes.raw:
+    up = "../" * docname.count("/")
+    launch = (" or launch it with the buttons at the top of this page (Binder, Colab or your JupyterHub)"
+              if launchable else "")
+    text = (
+        '<div class="admonition note minimoe-live-note" role="note">'
+        '<p class="admonition-title">This explorer runs live in JupyterLab</p>'
+        "<p>Its figure redraws only when a Python kernel runs it. In this static page the controls are frozen at "
+        "their first setting and the figure below is that setting's. To move them, open the chapter in "
+        "JupyterLab (<code>make lab</code> in the repository), download "
+        f'<a href="{up}{ARCHIVE}">all the chapters as notebooks</a>{launch}.</p></div>'
+    )
+    return nodes.raw("", text, format="html", classes=["minimoe-live-note"])
+
+
+def note_live_explorers(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Put a "runs live in JupyterLab" note before every widget output of a page."""
+    launchable = bool(app.config.html_theme_options.get("launch_buttons"))
+    for raw in list(doctree.findall(nodes.raw)):
+        if WIDGET_VIEW not in raw.astext() or "minimoe-live-note" in raw.get("classes", []):
+            continue
+        anchor = raw
+        while anchor.parent is not None and not (
+            isinstance(anchor.parent, nodes.container) and "cell" in anchor.parent.get("classes", [])
+        ):
+            anchor = anchor.parent
+        if anchor.parent is None:
+            anchor = raw
+        anchor.parent.insert(anchor.parent.index(anchor), live_note(docname, launchable))
+
+
+def markdown_to_html(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(text)
+
+
+def freeze_widget_state(state: dict) -> dict:
+    """Controls disabled (nothing behind them in a static page); Markdown outputs given an HTML twin."""
+    for model in state.get("state", {}).values():
+        name, values = model.get("model_name", ""), model.get("state", {})
+        if CONTROL_MODELS.search(name) and "disabled" in values:
+            values["disabled"] = True
+        for output in values.get("outputs", []) if name == "OutputModel" else []:
+            data = output.get("data", {})
+            if "text/markdown" in data and "text/html" not in data:
+                markdown = data["text/markdown"]
+                data["text/html"] = markdown_to_html("".join(markdown) if isinstance(markdown, list) else markdown)
+    return state
+
+
+def freeze_widgets(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    for script in context.get("script_files") or []:
+        attributes = getattr(script, "attributes", {})
+        if attributes.get("type") != WIDGET_STATE or not attributes.get("body"):
+            continue
+        state = freeze_widget_state(json.loads(attributes["body"]))
+        attributes["body"] = json.dumps(state).replace("</", "<\\/")
+
+
+# ------------------------------------------------------------------------------------------- citations
+
+
+def plain_name(latex: str) -> str:
+    return Text.from_latex(latex).render_as("text").replace("{", "").replace("}", "")
+
+
+class AuthorYearLabels(BaseLabelStyle):
+    """"DeepSeek-AI 2024a", "Shao et al. 2024", "Ainslie and Lee 2023": author-year, with a letter when one
+    author has several entries in one year (in the bibliography's order)."""
+
+    def base(self, entry) -> str:
+        persons = entry.persons.get("author") or entry.persons.get("editor") or []
+        names = [plain_name(" ".join(p.last_names) or " ".join(p.first_names)) for p in persons]
+        year = entry.fields.get("year", "n.d.")
+        if not names:
+            return f"{plain_name(entry.fields.get('title', entry.key)).split()[0]} {year}"
+        if len(names) == 1:
+            return f"{names[0]} {year}"
+        if len(names) == 2 and names[1].lower() != "others":
+            return f"{names[0]} and {names[1]} {year}"
+        return f"{names[0]} et al. {year}"
+
+    def format_labels(self, sorted_entries):
+        bases = [self.base(entry) for entry in sorted_entries]
+        counts, seen = Counter(bases), Counter()
+        for base in bases:
+            if counts[base] == 1:
+                yield base
+            else:
+                yield base + "abcdefghijklmnopqrstuvwxyz"[seen[base]]
+                seen[base] += 1
+
+
+class AuthorYearSorting(AuthorYearTitleSorting):
+    """Author, year, title, with the braces that protect a corporate author ({DeepSeek-AI}) ignored."""
+
+    def sorting_key(self, entry):
+        author, year, title = super().sorting_key(entry)
+        return author.replace("{", "").replace("}", "").lower(), year, title
+
+
+class OneLinkStyle(PlainStyle):
+    """pybtex's plain style with author-year labels and one link per entry: the arXiv number (linked to the
+    entry's URL), else the URL, else the DOI."""
+
+    default_label_style = "minimoe_author_year"
+    default_sorting_style = "minimoe_author_year_title"
+
+    def format_web_refs(self, e):
+        fields = e.fields
+        if fields.get("eprint"):
+            target = fields.get("url") or f"https://arxiv.org/abs/{fields['eprint']}"
+            return sentence[href(target)[join["arXiv:", field("eprint", raw=True)]]]
+        if fields.get("url"):
+            return sentence[optional[self.format_url(e)]]
+        return sentence[optional[self.format_doi(e)]]
+
+
+register_plugin("pybtex.style.labels", "minimoe_author_year", AuthorYearLabels, force=True)
+register_plugin("pybtex.style.sorting", "minimoe_author_year_title", AuthorYearSorting, force=True)
+register_plugin("pybtex.style.formatting", "minimoe", OneLinkStyle, force=True)
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", drop_launch_buttons_without_repository)
+    app.connect("config-inited", set_version)
     app.connect("html-page-context", deduplicate_scripts, priority=900)
     app.connect("html-page-context", point_launch_links_at_notebooks, priority=900)
+    app.connect("html-page-context", freeze_widgets, priority=900)
+    app.connect("html-page-context", footer_with_version, priority=900)
     app.connect("doctree-resolved", keep_tags_out_of_split)
+    app.connect("doctree-resolved", describe_figures)
+    app.connect("doctree-resolved", note_live_explorers)
+    app.add_js_file("minimoe/site.js")
+    app.add_css_file("minimoe/site.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}
