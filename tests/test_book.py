@@ -603,9 +603,9 @@ def test_site_has_version_notebook_archive_and_no_launch_buttons_without_reposit
     import zipfile
 
     html, log = built_site()
-    index = (html / "index.html").read_text(encoding="utf-8")
+    landing = (html / "intro.html").read_text(encoding="utf-8")
     version = book_extension().package_version()
-    assert f"minimoe {version}" in index, "the footer does not show the version"
+    assert f"minimoe {version}" in landing, "the footer does not show the version"
     assert "file://" not in log and "Kernel is running over TCP" not in log
     assert "launch-buttons" not in (html / "chapters" / f"{chapter_stems()[0]}.html").read_text(encoding="utf-8")
     with zipfile.ZipFile(html / "minimoe-notebooks.zip") as archive:

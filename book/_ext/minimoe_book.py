@@ -28,6 +28,7 @@ And what makes the site publishable:
   the text and in the bibliography, and each entry's link once (its arXiv number, else its URL, else its DOI).
 """
 
+import base64
 import html
 import json
 import re
@@ -138,10 +139,10 @@ def keep_tags_out_of_split(app: Sphinx, doctree: nodes.document, docname: str) -
 # ------------------------------------------------------------------------------------------- figures
 
 
-def png_description(path: Path) -> str | None:
-    """The `Description` text chunk of a PNG (tEXt, zTXt or iTXt), or None."""
+def png_description(path: Path | bytes) -> str | None:
+    """The `Description` text chunk of a PNG file or of PNG bytes (tEXt, zTXt or iTXt), or None."""
     try:
-        data = path.read_bytes()
+        data = path if isinstance(path, bytes) else path.read_bytes()
     except OSError:
         return None
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -212,14 +213,14 @@ def live_note(docname: str, launchable: bool) -> nodes.raw:
         "JupyterLab (<code>make lab</code> in the repository), download "
         f'<a href="{up}{ARCHIVE}">all the chapters as notebooks</a>{launch}.</p></div>'
     )
-    return nodes.raw("", text, format="html", classes=["minimoe-live-note"])
+    return nodes.raw("", text, format="html")
 
 
 def note_live_explorers(app: Sphinx, doctree: nodes.document, docname: str) -> None:
     """Put a "runs live in JupyterLab" note before every widget output of a page."""
     launchable = bool(app.config.html_theme_options.get("launch_buttons"))
     for raw in list(doctree.findall(nodes.raw)):
-        if WIDGET_VIEW not in raw.astext() or "minimoe-live-note" in raw.get("classes", []):
+        if WIDGET_VIEW not in raw.astext() or "minimoe-live-note" in raw.astext():
             continue
         anchor = raw
         while anchor.parent is not None and not (
@@ -248,6 +249,16 @@ def freeze_widget_state(state: dict) -> dict:
             if "text/markdown" in data and "text/html" not in data:
                 markdown = data["text/markdown"]
                 data["text/html"] = markdown_to_html("".join(markdown) if isinstance(markdown, list) else markdown)
+            elif "image/png" in data and "text/html" not in data:
+                # The widget manager draws a PNG with no alt text; an HTML twin carries the figure's description.
+                png = "".join(data["image/png"]) if isinstance(data["image/png"], list) else data["image/png"]
+                png = png.replace("\n", "")
+                try:
+                    description = png_description(base64.b64decode(png))
+                except ValueError:
+                    description = None
+                alt = html.escape(f"Figure: {description}" if description else "Figure drawn by the explorer")
+                data["text/html"] = f'<img src="data:image/png;base64,{png}" alt="{alt}" />'
     return state
 
 
