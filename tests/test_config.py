@@ -1,6 +1,19 @@
+import dataclasses
+import math
+
+import numpy as np
 import pytest
 
-from minimoe.config import PAPER_VALUES, PRESETS, ModelConfig
+from minimoe.config import (
+    PAPER_VALUES,
+    PRESETS,
+    AttentionConfig,
+    BalanceConfig,
+    ConfigTypeError,
+    ModelConfig,
+    MoEConfig,
+    RopeConfig,
+)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -66,3 +79,98 @@ def test_balance_loss_presets_are_sequence_wise_as_released():
     # where the papers state other values: DeepSeek-V2 §3.1.2 alpha_1 = 0.003, DeepSeek-V3 §4.2 alpha = 0.0001
     assert PAPER_VALUES == {"deepseek-v2": {"aux_loss_alpha": 0.003}, "deepseek-v3": {"aux_loss_alpha": 0.0001}}
     assert all(set(values) <= set(ModelConfig.from_preset(name).to_dict()) for name, values in PAPER_VALUES.items())
+
+
+# ---------------------------------------------------------------- types: fields named; bool is not an int
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_hidden_layers=True), "num_hidden_layers must be a positive integer, got True"),
+    (dict(n_routed_experts=False), "n_routed_experts"),
+    (dict(num_experts_per_tok=2.5), r"num_experts_per_tok must be an integer, got 2\.5 \(float\)"),
+    (dict(n_shared_experts="1"), "n_shared_experts"),
+    (dict(n_shared_experts=None), "n_shared_experts"),
+    (dict(n_group="4"), "n_group"),
+    (dict(n_group=None), "n_group"),
+    (dict(hidden_size=64.0), "hidden_size"),
+    (dict(q_lora_rank=True), "q_lora_rank"),
+    (dict(aux_loss_alpha=True), "aux_loss_alpha must be a number"),
+    (dict(routed_scaling_factor="2.5"), "routed_scaling_factor"),
+    (dict(rope_theta=None), "rope_theta"),
+    (dict(seq_aux=1), "seq_aux must be True or False"),
+    (dict(norm_topk_prob="yes"), "norm_topk_prob"),
+    (dict(topk_method=None), "topk_method"),
+    (dict(rope_scaling=[("type", "yarn")]), "rope_scaling must be a dict"),
+    (dict(rope_scaling={"type": "yarn", "factor": "40", "original_max_position_embeddings": 64}),
+     r"rope_scaling\['factor'\] must be a number"),
+    (dict(rope_scaling={"type": "yarn", "factor": None, "original_max_position_embeddings": 64}),
+     r"rope_scaling\['factor'\]"),
+    (dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64.5}),
+     r"rope_scaling\['original_max_position_embeddings'\]"),
+])
+def test_wrong_types_name_the_field(changes, message):
+    with pytest.raises(ConfigTypeError, match=message) as caught:
+        ModelConfig.from_preset("tiny-v3", **changes)
+    assert isinstance(caught.value, TypeError) and isinstance(caught.value, ValueError)
+    with pytest.raises(ConfigTypeError, match="name must be a string"):
+        ModelConfig(name=3)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(routed_scaling_factor=math.inf), r"routed_scaling_factor \(inf\) must be finite"),
+    (dict(routed_scaling_factor=math.nan), r"routed_scaling_factor \(nan\) must be finite"),
+    (dict(routed_scaling_factor=0.0), "routed_scaling_factor"),
+    (dict(aux_loss_alpha=-math.inf), "aux_loss_alpha"),
+    (dict(bias_update_speed=math.nan), "bias_update_speed"),
+    (dict(rms_norm_eps=math.inf), "rms_norm_eps"),
+    (dict(qk_rope_head_dim=0), r"qk_rope_head_dim \(0\) must be a positive even integer: MLA"),
+    (dict(qk_rope_head_dim=-2), "qk_rope_head_dim"),
+    (dict(attention_type="mha", head_dim=7), "head_dim"),
+    (dict(attention_type="mha", qk_nope_head_dim=15), "qk_nope_head_dim . qk_rope_head_dim"),
+    (dict(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "facter": 2}),
+     "facter"),
+    (dict(rope_scaling={"type": "yarn", "factor": math.inf, "original_max_position_embeddings": 64}),
+     "factor"),
+])
+def test_non_finite_and_out_of_range_values_name_the_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_preset("tiny-v3", **changes)
+
+
+def test_values_are_normalised_and_the_baseline_needs_no_rope_split():
+    cfg = ModelConfig(hidden_size=np.int64(64), rope_theta=10000, routed_scaling_factor=np.float32(2.0))
+    assert type(cfg.hidden_size) is int and type(cfg.rope_theta) is float
+    assert type(cfg.routed_scaling_factor) is float
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    # the MHA baseline turns its whole head: MLA's decoupled RoPE width may be 0 there
+    assert ModelConfig(attention_type="mha", qk_rope_head_dim=0).baseline_head_dim == 16
+
+
+# ---------------------------------------------------------------- parts: flat names kept, one per concern
+
+def test_parts_read_the_flat_fields_and_are_frozen():
+    cfg = ModelConfig.from_preset("deepseek-v3")
+    assert cfg.attention == AttentionConfig.of(cfg) and cfg.attention.kv_lora_rank == cfg.kv_lora_rank == 512
+    assert (cfg.moe.n_routed_experts, cfg.moe.topk_method) == (256, "noaux_tc")
+    assert cfg.rope.rope_scaling["factor"] == 40.0
+    balance = cfg.balance
+    assert (balance.aux_loss_alpha, balance.seq_aux, balance.bias_update_speed) == (0.001, True, 0.001)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.moe.n_group = 4  # change the flat field (cfg.replace(n_group=...)); the part is a view
+    # every flat field belongs to exactly one part or to the sizes/misc kept on ModelConfig itself
+    part_fields = [f.name for part in (AttentionConfig, RopeConfig, MoEConfig, BalanceConfig)
+                   for f in dataclasses.fields(part)]
+    own = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings",
+           "rms_norm_eps", "initializer_range", "tie_word_embeddings", "name"}
+    assert len(part_fields) == len(set(part_fields)) and set(part_fields).isdisjoint(own)
+    assert set(part_fields) | own == {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def test_flat_hugging_face_names_still_build_and_replace():
+    cfg = ModelConfig(hidden_size=32, n_routed_experts=4, num_experts_per_tok=2, kv_lora_rank=16)
+    assert (cfg.hidden_size, cfg.n_routed_experts, cfg.kv_lora_rank) == (32, 4, 16)
+    moved = cfg.replace(n_routed_experts=8, aux_loss_alpha=0.01)
+    assert (moved.n_routed_experts, moved.balance.aux_loss_alpha, cfg.n_routed_experts) == (8, 0.01, 4)
+    with pytest.raises(ValueError, match="num_experts_per_tok"):
+        cfg.replace(num_experts_per_tok=1.5)
+    v2 = ModelConfig.from_dict(ModelConfig.from_preset("tiny-v2").to_dict())
+    assert v2.topk_method == "group_limited_greedy"
