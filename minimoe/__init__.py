@@ -17,7 +17,9 @@ Shape legend (used in every ``Shapes:`` block, reshape comment and einsum string
 Public API::
 
     cfg = minimoe.ModelConfig.from_preset("tiny-v3")
-    model = minimoe.Transformer(cfg)                     # model(tokens (B, T)) -> logits (B, T, V)
+    model = minimoe.Transformer(cfg)
+    out = model(tokens)                                  # ModelOutput: .logits (B, T, V), .routing, .aux_loss
+    model.update_routing_bias(out.routing)               # auxiliary-loss-free balancing (DeepSeek-V3 §2.1.2)
     minimoe.generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=8)
     minimoe.count_params(cfg), minimoe.kv_cache_per_token(cfg, attention="mla")
     minimoe.interop.from_hf(hf_model)                    # imported on first use (it needs transformers)
@@ -31,9 +33,10 @@ from typing import Any
 from minimoe.accounting import count_params, kv_cache_per_token
 from minimoe.config import ModelConfig
 from minimoe.generate import generate
-from minimoe.model import Transformer
+from minimoe.model import ModelOutput, RoutingRecord, Transformer
 
-__all__ = ["ModelConfig", "Transformer", "count_params", "generate", "interop", "kv_cache_per_token"]
+__all__ = ["ModelConfig", "ModelOutput", "RoutingRecord", "Transformer", "count_params", "generate", "interop",
+           "kv_cache_per_token"]
 
 
 def __getattr__(name: str) -> Any:

@@ -37,14 +37,14 @@ class ParamCount:
     moe_routed: int
     moe_routed_active: int
     moe_shared: int
-    moe_gate: int
+    moe_router: int
     router_bias: int
     norms: int
 
     @property
     def total(self) -> int:
         return (self.embedding + self.head + self.attention + self.dense_ffn + self.moe_routed + self.moe_shared
-                + self.moe_gate + self.router_bias + self.norms)
+                + self.moe_router + self.router_bias + self.norms)
 
     @property
     def active_with_embedding(self) -> int:
@@ -110,7 +110,7 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         moe_routed=n_moe * E * expert,
         moe_routed_active=n_moe * K * expert,
         moe_shared=n_moe * S * expert,
-        moe_gate=n_moe * E * d,
+        moe_router=n_moe * E * d,
         router_bias=n_moe * E if cfg.topk_method == "noaux_tc" else 0,
         norms=cfg.num_hidden_layers * (2 * d + attn_norms) + d,
     )

@@ -8,6 +8,8 @@ optionally restricted to the top-k tokens and/or the nucleus of probability top-
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -53,7 +55,7 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[int], max_new_tok
     """
     prompts = _as_batch(prompts)
     _check_sampling(temperature, top_k, top_p)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens ({max_new_tokens!r}) must be a non-negative integer")
     cfg = model.cfg
     width = max(len(p) for p in prompts)
@@ -79,10 +81,14 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[int], max_new_tok
     model.eval()
     try:
         cache = model.new_cache()
-        logits = model(tokens, position_ids=position_ids, cache=cache, padding_mask=padding_mask)  # (B, P, V)
+        logits = model(tokens, position_ids=position_ids, cache=cache, padding_mask=padding_mask).logits  # (B, P, V)
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         for step in tqdm(range(max_new_tokens), disable=not progress, desc="generate"):
-            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+            last = logits[:, -1]  # (B, V)
+            if not bool(torch.isfinite(last).all()):  # NaN weights or activations: argmax would return token 0
+                raise FloatingPointError(f"the model returned non-finite logits at generation step {step} "
+                                         "(NaN or inf in the weights or activations?)")
+            next_token = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
             for row in (~done).nonzero().flatten().tolist():
                 completions[row].append(int(next_token[row]))
             if eos_token_id is not None:
@@ -92,7 +98,7 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[int], max_new_tok
             position_ids = position_ids[:, -1:] + 1  # (B, 1)
             padding_mask = torch.cat([padding_mask, padding_mask.new_ones(len(prompts), 1)], dim=1)  # (B, S)
             logits = model(next_token[:, None], position_ids=position_ids, cache=cache,
-                           padding_mask=padding_mask)  # (B, 1, V)
+                           padding_mask=padding_mask).logits  # (B, 1, V)
     finally:
         model.train(was_training)
     return completions
@@ -109,15 +115,17 @@ def _as_batch(prompts: list[list[int]] | list[int]) -> list[list[int]]:
     for i, p in enumerate(batch):
         if len(p) == 0:
             raise ValueError(f"prompts[{i}] is empty: every prompt needs at least one token")
-        if not all(isinstance(t, int) for t in p):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in p):
             raise ValueError(f"prompts[{i}] must hold integer token ids")
     return batch
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature ({temperature!r}) must be a finite number >= 0 (0 = greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k ({top_k!r}) must be a positive integer or None")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
         raise ValueError(f"top_p ({top_p}) must be in (0, 1] or None")

@@ -28,7 +28,7 @@ _NAMES = {"embed_tokens": "embed", "lm_head": "head", "input_layernorm": "attn_n
           "post_attention_layernorm": "ffn_norm", "self_attn": "attn", "mlp": "ffn",
           "q_proj": "wq", "q_a_proj": "wq_a", "q_a_layernorm": "q_norm", "q_b_proj": "wq_b",
           "kv_a_proj_with_mqa": "wkv_a", "kv_a_layernorm": "kv_norm", "kv_b_proj": "wkv_b", "o_proj": "wo",
-          "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3", "e_score_correction_bias": "bias"}
+          "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3", "gate": "router", "e_score_correction_bias": "bias"}
 # "bias" also names attention biases, so state_dict_to_hf maps the router's bias by its full key
 _HF_NAMES = {ours: theirs for theirs, ours in _NAMES.items() if ours != "bias"}
 # model_type -> (the topk_methods its router implements, its scoring function)
@@ -177,7 +177,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     for key, tensor in state.items():
         if ".ffn.experts." in key:
             continue
-        if key.endswith("ffn.gate.bias"):
+        if key.endswith("ffn.router.bias"):
             key = key.removesuffix("bias") + "e_score_correction_bias"
         hf = ".".join(_HF_NAMES.get(part, part) for part in key.split("."))
         out[hf if hf == "lm_head.weight" else f"model.{hf}"] = tensor

@@ -9,20 +9,38 @@ dense SwiGLU ``MLP`` for the first ``first_k_dense_replace`` layers, then ``Deep
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
 from minimoe.attention.cache import LayerCache
+from minimoe.attention.masking import causal_mask
 from minimoe.attention.mha import MultiHeadAttention
-from minimoe.attention.mla import MultiHeadLatentAttention
+from minimoe.attention.mla import MODES, MultiHeadLatentAttention
+from minimoe.attention.rope import RotaryEmbedding
 from minimoe.config import ModelConfig
+from minimoe.moe.balance import expert_load, routing_balance_loss, update_selection_bias
 from minimoe.moe.experts import MLP, DeepSeekMoE
-from minimoe.moe.gate import Router
+from minimoe.moe.gate import Router, RoutingRecord
 from minimoe.norm import RMSNorm
 
-ATTN_MODES = ("naive", "absorbed")
+__all__ = ["MLP", "Block", "ModelOutput", "RMSNorm", "RoutingRecord", "Transformer"]
 
-__all__ = ["MLP", "Block", "RMSNorm", "Transformer"]
+
+@dataclass
+class ModelOutput:
+    """What ``Transformer.forward`` returns; ``model(tokens).logits`` is the way to get logits.
+
+    ``routing`` holds one ``RoutingRecord`` per MoE layer in layer order ([] for a dense model or an empty batch);
+    ``aux_loss`` is the balance loss the config asks for (``aux_loss_alpha``, ``seq_aux``), with its graph, or 0.
+
+    Shapes: logits (B, T, V); aux_loss ().
+    """
+
+    logits: torch.Tensor
+    routing: list[RoutingRecord] = field(default_factory=list)
+    aux_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
 
 class Block(nn.Module):
@@ -42,19 +60,27 @@ class Block(nn.Module):
         else:
             self.ffn = MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, cache: LayerCache | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Shapes: x (B, T, D), position_ids (B, T), padding_mask (B, S) -> (B, T, D)."""
-        x = x + self.attn(self.attn_norm(x), position_ids=position_ids, cache=cache, padding_mask=padding_mask)
-        return x + self.ffn(self.ffn_norm(x))
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                cache: LayerCache | None = None) -> tuple[torch.Tensor, RoutingRecord | None]:
+        """Shapes: x (B, T, D), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
+        -> (B, T, D) and the MoE layer's RoutingRecord (None for a dense FFN)."""
+        x = x + self.attn(self.attn_norm(x), cache=cache, cos_sin=cos_sin, mask=mask)
+        if isinstance(self.ffn, DeepSeekMoE):
+            h, record = self.ffn.forward_routed(self.ffn_norm(x), self.layer_idx)
+            return x + h, record
+        return x + self.ffn(self.ffn_norm(x)), None
 
 
 class Transformer(nn.Module):
-    """Causal LM: ``embed`` → ``layers`` → ``norm`` → ``head``; ``model(tokens)`` returns next-token logits.
+    """Causal LM: ``embed`` → ``layers`` → ``norm`` → ``head``; ``model(tokens).logits`` are next-token logits.
 
     ``attn_mode`` ("naive" | "absorbed") picks how MLA computes attention (DeepSeek-V2 §2.1.3, App. C); both modes
     share the weights, so ``set_attn_mode`` switches at any time (but not in the middle of a cached generation:
     the two modes cache different tensors). Weights are initialised from N(0, initializer_range²), norms to one.
+
+    One forward is one pass with no hidden state: inputs are validated once, positions, the RoPE table (as
+    DeepSeek-V3's ``freqs_cis``) and the mask are computed once and passed to every layer, and the routing of each
+    MoE layer comes back in ``ModelOutput.routing``. The selection bias moves only by ``update_routing_bias``.
     """
 
     def __init__(self, cfg: ModelConfig, attn_mode: str = "naive") -> None:
@@ -65,6 +91,9 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i, attn_mode) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        rope_dim = cfg.qk_rope_head_dim if cfg.attention_type == "mla" else cfg.baseline_head_dim
+        self.rope = RotaryEmbedding(rope_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling,
+                                    interleave=cfg.rope_interleave)  # inv_freq: a non-persistent buffer
         self.apply(self._init_weights)
         if cfg.tie_word_embeddings:
             self.head.weight = self.embed.weight
@@ -92,43 +121,98 @@ class Transformer(nn.Module):
                 layer.attn.mode = mode
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                cache: list[LayerCache] | None = None, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for every position.
+                cache: list[LayerCache] | None = None, padding_mask: torch.Tensor | None = None) -> ModelOutput:
+        """Logits for every position, the routing of every MoE layer and the balance loss.
 
         ``cache`` (from ``new_cache()``) holds the earlier positions; ``padding_mask`` covers them and the new ones
-        (True = real token); ``position_ids`` default to ``len(cache) + arange(T)`` for every row.
+        (True = real token); ``position_ids`` default to ``len(cache) + arange(T)`` for every row. An empty batch
+        (B = 0 or T = 0) returns empty logits.
 
         Shapes: tokens (B, T) integer, position_ids (B, T), padding_mask (B, S) bool -> logits (B, T, V).
         """
-        self._check_inputs(tokens, cache)
+        past = self._check_inputs(tokens, position_ids, cache, padding_mask)
+        B, T = tokens.shape
+        device = tokens.device
+        if B == 0 or T == 0:
+            logits = torch.zeros(B, T, self.cfg.vocab_size, dtype=self.head.weight.dtype, device=device)
+            return ModelOutput(logits, [], torch.zeros((), device=device))
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=device).expand(B, T)  # (B, T)
+        cos_sin = self.rope.cos_sin(position_ids)  # 2 × (B, T, d_r/2), once for all layers
+        mask = causal_mask(B, T, past, padding_mask, device)  # (B, T, S) or None = plain causal
         x = self.embed(tokens)  # (B, T, D)
+        routing: list[RoutingRecord] = []
         for i, layer in enumerate(self.layers):
-            x = layer(x, position_ids=position_ids, cache=None if cache is None else cache[i],
-                      padding_mask=padding_mask)
-        return self.head(self.norm(x))  # (B, T, V)
+            x, record = layer(x, cos_sin, mask, None if cache is None else cache[i])
+            if record is not None:
+                routing.append(record)
+        logits = self.head(self.norm(x))  # (B, T, V)
+        return ModelOutput(logits, routing, routing_balance_loss(routing, self.cfg).to(device))
 
-    def _check_inputs(self, tokens: torch.Tensor, cache: list[LayerCache] | None) -> None:
+    @torch.no_grad()
+    def update_routing_bias(self, routing: list[RoutingRecord]) -> None:
+        """The auxiliary-loss-free bias update (DeepSeek-V3 §2.1.2): b_i ← b_i + γ·sign(mean load − load_i) for
+        every MoE layer in ``routing``, with γ = ``cfg.bias_update_speed``; a no-op without a bias or with γ = 0.
+        """
+        gamma = self.cfg.bias_update_speed
+        if not gamma:
+            return
+        for record in routing:
+            router = self.layers[record.layer].ffn.router
+            if router.bias is not None:
+                load = expert_load(record.experts, self.cfg.n_routed_experts)  # (E,)
+                router.bias.copy_(update_selection_bias(router.bias, load, gamma))
+
+    def _check_inputs(self, tokens: torch.Tensor, position_ids: torch.Tensor | None,
+                      cache: list[LayerCache] | None, padding_mask: torch.Tensor | None) -> int:
+        """Validate everything once, with at most one host sync; returns the number of cached positions."""
         cfg = self.cfg
         if not isinstance(tokens, torch.Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
-        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-            raise ValueError(f"tokens must be an integer tensor of token ids (e.g. torch.long), got {tokens.dtype}")
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype in (torch.bool, torch.uint8):
+            raise ValueError(f"tokens must be a signed integer tensor of token ids (e.g. torch.long), got "
+                             f"{tokens.dtype}" + (" (uint8 and bool are not token ids)"
+                                                 if tokens.dtype in (torch.bool, torch.uint8) else ""))
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}; "
                              "for one sequence use tokens[None]")
-        if tokens.numel() > 0 and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
-            raise ValueError(f"token ids must lie in [0, vocab_size={cfg.vocab_size}), got values in "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        B, T = tokens.shape
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}: use model.new_cache()")
         past = 0 if cache is None else len(cache[0])
-        if past + tokens.shape[1] > cfg.max_position_embeddings:
-            raise ValueError(f"sequence length ({past} cached + {tokens.shape[1]} new) exceeds "
+        if cache is not None and past and cache[0].batch_size != B:
+            raise ValueError(f"cache holds batch size {cache[0].batch_size}, tokens have {B}")
+        if past + T > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length ({past} cached + {T} new) exceeds "
                              f"max_position_embeddings ({cfg.max_position_embeddings})")
+        if padding_mask is not None and (padding_mask.shape != (B, past + T) or padding_mask.dtype != torch.bool):
+            raise ValueError(f"padding_mask must be a bool tensor of shape (B, S) = {(B, past + T)} over cached and "
+                             f"new keys, got {padding_mask.dtype} {tuple(padding_mask.shape)}")
+        if position_ids is not None and (position_ids.shape != (B, T) or position_ids.is_floating_point()
+                                         or position_ids.dtype == torch.bool):
+            raise ValueError(f"position_ids must be an integer tensor of shape (B, T) = {(B, T)}, "
+                             f"got {position_ids.dtype} {tuple(position_ids.shape)}")
+        if tokens.numel() == 0:
+            return past
+        bad = ((tokens < 0) | (tokens >= cfg.vocab_size)).any()
+        if position_ids is not None:
+            bad_pos = ((position_ids < 0) | (position_ids >= cfg.max_position_embeddings)).any()
+            bad, bad_pos = torch.stack((bad, bad_pos)).tolist()  # the one host sync of the forward
+        else:
+            bad, bad_pos = bool(bad), False
+        if bad:
+            low, high = torch.aminmax(tokens)
+            raise ValueError(f"token ids must lie in [0, vocab_size={cfg.vocab_size}), got values in "
+                             f"[{int(low)}, {int(high)}]")
+        if bad_pos:
+            low, high = torch.aminmax(position_ids)
+            raise ValueError(f"position_ids must lie in [0, max_position_embeddings={cfg.max_position_embeddings}); "
+                             f"got [{int(low)}, {int(high)}]")
+        return past
 
 
 def _check_attn_mode(cfg: ModelConfig, mode: str) -> None:
-    if mode not in ATTN_MODES:
-        raise ValueError(f"attn_mode ({mode!r}) must be one of {ATTN_MODES}")
+    if mode not in MODES:
+        raise ValueError(f"attn_mode ({mode!r}) must be one of {MODES}")
     if mode == "absorbed" and cfg.attention_type != "mla":
         raise ValueError(f"attn_mode 'absorbed' needs attention_type='mla', got {cfg.attention_type!r}")

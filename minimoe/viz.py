@@ -199,9 +199,9 @@ def mla_cache_explorer(cfg: ModelConfig):
 
 
 # ------------------------------------------------------------------ chapter 3: routing tokens to experts
-ROUTER_KINDS = {  # the two published gates: (scoring_func, topk_method, norm_topk_prob, group score)
-    "softmax (V2)": ("softmax", "group_limited_greedy", False, "max"),
-    "sigmoid (V3)": ("sigmoid", "noaux_tc", True, "top2"),
+ROUTER_KINDS = {  # the two published routers: (scoring_func, topk_method, norm_topk_prob)
+    "softmax (V2)": ("softmax", "group_limited_greedy", False),
+    "sigmoid (V3)": ("sigmoid", "noaux_tc", True),
 }
 
 
@@ -242,11 +242,12 @@ def plot_routing_heatmap(scores, indices, *, n_group: int = 1, allowed=None, tit
 
 def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 2):
     """Map a batch of tokens to experts: sliders for top-k, a selection bias on one expert, the number of groups
-    and of kept groups, and a dropdown between DeepSeek-V2's softmax gate and DeepSeek-V3's sigmoid gate.
+    and of kept groups, and a dropdown between DeepSeek-V2's softmax router and DeepSeek-V3's sigmoid router.
 
-    Routing is ``minimoe.moe.gate.route`` on ``affinity_scores(logits)``; the heat map shows the selection scores
+    Routing is ``minimoe.moe.gate.select_experts`` on ``affinity_scores(logits)`` (its ``Selection`` gives the
+    gate values, the experts and the group mask); the heat map shows the selection scores
     (s, or s + b for V3) with the chosen experts boxed and the groups a token may not use greyed out. The bias is
-    DeepSeek-V3's (Eq. (16)): it moves selection only, so the softmax (V2) gate ignores it. The printout gives each
+    DeepSeek-V3's (Eq. (16)): it moves selection only, so the softmax (V2) router ignores it. The printout gives each
     expert's load and how many tokens changed experts against plain top-k. Built with ``ipywidgets.interactive``
     so a built book shows the first figure without a kernel.
 
@@ -255,13 +256,13 @@ def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 
     import ipywidgets as widgets
     import torch
 
-    from minimoe.moe.gate import affinity_scores, group_mask, route
+    from minimoe.moe.gate import affinity_scores, route, select_experts
 
     n_tokens, n_experts = logits.shape
     groups = [g for g in range(1, n_experts + 1) if n_experts % g == 0 and (g == 1 or n_experts // g >= 2)]
 
-    def draw(gate: str, k: int, biased_expert: int, bias: float, n_group: int, topk_group: int):
-        scoring_func, topk_method, norm, group_score = ROUTER_KINDS[gate]
+    def draw(router: str, k: int, biased_expert: int, bias: float, n_group: int, topk_group: int):
+        scoring_func, topk_method, norm = ROUTER_KINDS[router]
         topk_group = min(topk_group, n_group)
         if k > topk_group * (n_experts // n_group):
             print(f"k ({k}) must be <= topk_group × experts per group ({topk_group} × {n_experts // n_group}): "
@@ -271,12 +272,12 @@ def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 
         b = torch.zeros(n_experts)
         if scoring_func == "sigmoid":
             b[biased_expert] = bias
-        choice = scores + b  # (N, E): what selection ranks (b = 0 for V2)
-        weights, indices = route(scores, k, topk_method=topk_method, n_group=n_group, topk_group=topk_group,
-                                 bias=b, norm_topk_prob=norm)
-        allowed = group_mask(choice, n_group, topk_group, group_score) if n_group > 1 else None
-        plot_routing_heatmap(choice, indices, n_group=n_group, allowed=allowed,
-                             title=f"{gate}: top-{k}, {topk_group} of {n_group} groups"
+        sel = select_experts(scores, k, topk_method=topk_method, n_group=n_group, topk_group=topk_group, bias=b,
+                             norm_topk_prob=norm)
+        choice = scores + b if scoring_func == "sigmoid" else scores  # (N, E): what selection ranks, unmasked
+        weights, indices = sel.gate_weights, sel.experts
+        plot_routing_heatmap(choice, indices, n_group=n_group, allowed=sel.group_mask,
+                             title=f"{router}: top-{k}, {topk_group} of {n_group} groups"
                                    + (f", b[{biased_expert}] = {bias:+.2f}" if scoring_func == "sigmoid" else ""))
         plt.show()
         _, plain = route(scores, k)  # plain top-k of the unbiased scores, no groups
@@ -286,11 +287,11 @@ def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 
         print(f"tokens whose experts differ from plain top-{k}: {changed} of {n_tokens}")
         print(f"gate values of token 0: {[round(w, 3) for w in weights[0].tolist()]} (sum {weights[0].sum():.3f})")
         if scoring_func == "softmax" and bias != 0:
-            print("the selection bias is DeepSeek-V3's: the softmax (V2) gate has none, so it is ignored here")
+            print("the selection bias is DeepSeek-V3's: the softmax (V2) router has none, so it is ignored here")
 
     return widgets.interactive(
         draw,
-        gate=widgets.Dropdown(options=list(ROUTER_KINDS), value="sigmoid (V3)", description="gate"),
+        router=widgets.Dropdown(options=list(ROUTER_KINDS), value="sigmoid (V3)", description="router"),
         k=widgets.IntSlider(value=k, min=1, max=min(8, n_experts), description="top-k"),
         biased_expert=widgets.IntSlider(value=0, min=0, max=n_experts - 1, description="biased expert"),
         bias=widgets.FloatSlider(value=0.0, min=-1.0, max=1.0, step=0.05, description="bias b_i"),

@@ -75,7 +75,7 @@ def _real_count(cfg):
     n_params = sum(p.numel() for p in model.parameters())
     # The noaux_tc selection bias is a float32 buffer of the Router (docs/internals.md); count it as the
     # checkpoint does. Other buffers (RoPE tables) are not parameters.
-    n_bias = sum(b.numel() for name, b in model.named_buffers() if name.endswith("gate.bias"))
+    n_bias = sum(b.numel() for name, b in model.named_buffers() if name.endswith("router.bias"))
     return n_params, n_bias
 
 

@@ -19,7 +19,7 @@ from minimoe.moe.experts import (
 def _moe(dtype=torch.float64, **kw) -> DeepSeekMoE:
     torch.manual_seed(0)
     moe = DeepSeekMoE(ModelConfig.from_preset("tiny-v3"), **kw).to(dtype)
-    moe.gate.bias.normal_(std=0.1)
+    moe.router.bias.normal_(std=0.1)
     return moe
 
 
@@ -98,22 +98,24 @@ def test_dropping_dispatch_equals_naive_outputs_and_gradients():
     moe = _moe(capacity_factor=0.5)
     x = torch.randn(40, 64, dtype=torch.float64)
     dropped = _outputs_and_grads(moe, moe, x)
-    keep = ~moe.last_dropped
-    assert 0 < moe.last_dropped.sum() < keep.numel()  # some, not all, assignments were dropped
+    _, record = moe.forward_routed(x)
+    keep = ~record.dropped
+    assert 0 < record.dropped.sum() < keep.numel()  # some, not all, assignments were dropped
     _assert_same(dropped, _outputs_and_grads(lambda t: naive_moe_forward(moe, t, keep), moe, x))
-    counts = torch.bincount(moe.last_routing[1][keep], minlength=8)
+    counts = torch.bincount(record.experts[keep], minlength=8)
     assert counts.max() <= math.ceil(0.5 * keep.numel() / 8)
 
 
 def test_no_dropping_in_eval_mode_or_without_capacity():
     moe = _moe(capacity_factor=0.5).eval()
     x = torch.randn(40, 64, dtype=torch.float64)
-    y = moe(x)
-    assert moe.last_dropped is None
+    y, record = moe.forward_routed(x)
+    assert record.dropped is None
     moe.train()
     moe.capacity_factor = None
-    torch.testing.assert_close(moe(x), y)
-    assert moe.last_dropped is None
+    y_train, record = moe.forward_routed(x)
+    torch.testing.assert_close(y_train, y)
+    assert record.dropped is None
 
 
 def test_sort_by_expert_groups_kept_assignments():

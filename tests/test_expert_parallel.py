@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 
 from minimoe.config import ModelConfig
 from minimoe.moe.experts import DeepSeekMoE
-from minimoe.moe.parallel import ExpertParallelMoE, expert_shard
+from minimoe.moe.parallel import all_reduce_replicated_grads, expert_parallel_moe, expert_shard, shard_experts
 
 WORLD = 2
 
@@ -18,7 +18,7 @@ def _worker(rank: int, init_file: str) -> None:
         for preset in ("tiny-v2", "tiny-v3"):
             _check_against_single_process(rank, preset)
         with pytest.raises(ValueError, match="divisible by the world size"):
-            ExpertParallelMoE(ModelConfig.from_preset("tiny-v2", n_routed_experts=5, n_group=1, topk_group=1))
+            expert_parallel_moe(ModelConfig.from_preset("tiny-v2", n_routed_experts=5, n_group=1, topk_group=1))
     finally:
         dist.destroy_process_group()
 
@@ -27,8 +27,8 @@ def _check_against_single_process(rank: int, preset: str) -> None:
     torch.manual_seed(0)  # same weights and tokens on both ranks
     cfg = ModelConfig.from_preset(preset, n_routed_experts=8, n_group=2, topk_group=1)
     moe = DeepSeekMoE(cfg).double()
-    if moe.gate.bias is not None:
-        moe.gate.bias.normal_(std=0.1)
+    if moe.router.bias is not None:
+        moe.router.bias.normal_(std=0.1)
     x = torch.randn(WORLD, 3, 7, cfg.hidden_size, dtype=torch.float64)  # (W, B, T, D): rank r owns x[r]
     seed = torch.randn_like(x)
 
@@ -36,27 +36,28 @@ def _check_against_single_process(rank: int, preset: str) -> None:
     y_ref = moe(x_all.view(-1, 7, cfg.hidden_size)).view_as(x)  # single process, all tokens
     (y_ref * seed).sum().backward()
     x_local = x[rank].clone().requires_grad_()
-    layer = ExpertParallelMoE.from_moe(moe)
-    y = layer(x_local)
+    layer = shard_experts(moe)
+    assert isinstance(layer, DeepSeekMoE)  # expert parallelism is a dispatcher of the one MoE module
+    y, record = layer.forward_routed(x_local)
     (y * seed[rank]).sum().backward()
 
     torch.testing.assert_close(y, y_ref[rank].detach())
     torch.testing.assert_close(x_local.grad, x_all.grad[rank])
-    assert layer.last_routing[0].shape == (3, 7, 8) and layer.last_routing[1].shape == (3, 7, 2)
+    assert record.scores.shape == (3, 7, 8) and record.experts.shape == (3, 7, 2)
 
-    layer.all_reduce_replicated_grads()
+    all_reduce_replicated_grads(layer)
     local = {name: _grad(p) for name, p in layer.named_parameters()}
     for name, p in moe.named_parameters():
         if name.startswith("experts."):
             expert, rest = name.removeprefix("experts.").split(".", 1)
-            mine = int(expert) in layer.shard
-            grad = local[f"experts.{int(expert) - layer.shard.start}.{rest}"] if mine else torch.zeros_like(p)
+            mine = int(expert) in layer.dispatcher.shard
+            grad = local[f"experts.{int(expert) - layer.dispatcher.shard.start}.{rest}"] if mine else torch.zeros_like(p)
             gathered = [torch.empty_like(p) for _ in range(WORLD)]
             dist.all_gather(gathered, grad)  # every expert's gradient, from the rank that holds it
             owner = int(expert) // len(layer.experts)
             torch.testing.assert_close(gathered[owner], _grad(p), msg=name)
         else:
-            tol = {"rtol": 1e-5, "atol": 1e-5} if name.startswith("gate.") else {}  # the router runs in float32
+            tol = {"rtol": 1e-5, "atol": 1e-5} if name.startswith("router.") else {}  # the router runs in float32
             torch.testing.assert_close(local[name], _grad(p), msg=name, **tol)
 
 

@@ -22,7 +22,7 @@ def _greedy_by_rerunning(model, prompt, n):
     tokens = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+            tokens.append(int(model(torch.tensor([tokens])).logits[0, -1].argmax()))
     return tokens[len(prompt):]
 
 
@@ -109,3 +109,13 @@ def test_bad_arguments_raise_clear_errors():
         sample_next(torch.zeros(1, 4), 1.0, top_k=0)
     with pytest.raises(ValueError, match="vocab_size"):
         generate(model, [1, 500], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"temperature \(nan\)"):
+        generate(model, [1], max_new_tokens=2, temperature=float("nan"))
+
+
+def test_nan_weights_make_greedy_generate_raise():
+    model = _model()
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        generate(model, [1, 2], max_new_tokens=3)

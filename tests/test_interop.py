@@ -80,7 +80,7 @@ def test_logits_match_transformers(case, mode):
     x = tokens(case)
     with torch.no_grad():
         expected = hf(x).logits
-        got = ours(x)
+        got = ours(x).logits
     assert relative_error(got, expected) < 1e-4
 
 
@@ -91,7 +91,7 @@ def test_latent_norms_keep_eps_1e6_whatever_rms_norm_eps():
     hf = transformers.DeepseekV3ForCausalLM(config).eval()
     x = tokens("eps")
     with torch.no_grad():
-        assert relative_error(from_hf(hf)(x), hf(x).logits) < 1e-4
+        assert relative_error(from_hf(hf)(x).logits, hf(x).logits) < 1e-4
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -108,8 +108,8 @@ def test_config_round_trips_and_selection_bias_is_copied(case):
         assert cfg.is_moe_layer(i) == (i >= overrides["first_k_dense_replace"])
         if version == "V3" and cfg.is_moe_layer(i):
             theirs = hf.model.layers[i].mlp.gate.e_score_correction_bias
-            torch.testing.assert_close(layer.ffn.gate.bias, theirs, rtol=0, atol=0)
-            assert layer.ffn.gate.bias.abs().max() > 0
+            torch.testing.assert_close(layer.ffn.router.bias, theirs, rtol=0, atol=0)
+            assert layer.ffn.router.bias.abs().max() > 0
 
 
 @pytest.mark.parametrize("mode", ["naive", "absorbed"])
@@ -144,14 +144,14 @@ def test_minimoe_to_hf_keeps_config_and_logits(preset, hf_class):
     torch.manual_seed(0)
     ours = minimoe.Transformer(cfg).eval()
     for layer in ours.layers:
-        if getattr(layer.ffn, "gate", None) is not None and layer.ffn.gate.bias is not None:
-            layer.ffn.gate.bias.normal_(std=0.05)
+        if getattr(layer.ffn, "router", None) is not None and layer.ffn.router.bias is not None:
+            layer.ffn.router.bias.normal_(std=0.05)
     hf = to_hf(ours).eval()
     assert type(hf).__name__ == hf_class
     assert config_from_hf(hf.config) == cfg
     x = torch.randint(0, cfg.vocab_size, (2, 9))
     with torch.no_grad():
-        assert relative_error(ours(x), hf(x).logits) < 1e-4
+        assert relative_error(ours(x).logits, hf(x).logits) < 1e-4
 
 
 def test_per_expert_modules_of_older_transformers_are_read():

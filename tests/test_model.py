@@ -17,8 +17,8 @@ def _model(preset="tiny-v3", attn_mode="naive", dtype=torch.float64, **kw):
     cfg = ModelConfig.from_preset(preset, **kw)
     model = Transformer(cfg, attn_mode=attn_mode).to(dtype).eval()
     for layer in model.layers:  # a non-zero selection bias exercises the V3 routing path
-        if isinstance(layer.ffn, DeepSeekMoE) and layer.ffn.gate.bias is not None:
-            layer.ffn.gate.bias.normal_(std=0.05)
+        if isinstance(layer.ffn, DeepSeekMoE) and layer.ffn.router.bias is not None:
+            layer.ffn.router.bias.normal_(std=0.05)
     return model
 
 
@@ -26,14 +26,14 @@ def _model(preset="tiny-v3", attn_mode="naive", dtype=torch.float64, **kw):
 def test_presets_build_and_run(preset):
     model = _model(preset, dtype=torch.float32)
     cfg = model.cfg
-    logits = model(torch.randint(0, cfg.vocab_size, (2, 7)))
+    logits = model(torch.randint(0, cfg.vocab_size, (2, 7))).logits
     assert logits.shape == (2, 7, cfg.vocab_size) and torch.isfinite(logits).all()
 
 
 def test_mha_baseline_runs():
     model = _model("tiny-v2", attention_type="mha", num_key_value_heads=2)
     assert all(isinstance(layer.attn, MultiHeadAttention) for layer in model.layers)
-    assert model(torch.randint(0, 128, (2, 5))).shape == (2, 5, 128)
+    assert model(torch.randint(0, 128, (2, 5))).logits.shape == (2, 5, 128)
 
 
 def test_first_k_dense_replace_structure():
@@ -48,7 +48,7 @@ def test_first_k_dense_replace_structure():
 def test_init_and_tied_embeddings():
     model = _model("small-v3", dtype=torch.float32)
     assert abs(model.embed.weight.std().item() - model.cfg.initializer_range) < 2e-3
-    assert abs(model.layers[1].ffn.gate.weight.std().item() - model.cfg.initializer_range) < 4e-3
+    assert abs(model.layers[1].ffn.router.weight.std().item() - model.cfg.initializer_range) < 4e-3
     assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
     assert model.head.weight is not model.embed.weight
     tied = _model("tiny-dense", tie_word_embeddings=True)
@@ -61,16 +61,16 @@ def test_causality(preset, attn_mode):
     tokens = torch.randint(0, 128, (2, 12))
     changed = tokens.clone()
     changed[:, 7:] = torch.randint(0, 128, (2, 5))
-    torch.testing.assert_close(model(tokens)[:, :7], model(changed)[:, :7])
+    torch.testing.assert_close(model(tokens).logits[:, :7], model(changed).logits[:, :7])
 
 
 def test_naive_equals_absorbed():
     model = _model("tiny-v3", "naive")
     tokens = torch.randint(0, 128, (2, 10))
-    naive = model(tokens)
+    naive = model(tokens).logits
     model.set_attn_mode("absorbed")
     assert all(layer.attn.mode == "absorbed" for layer in model.layers)
-    torch.testing.assert_close(model(tokens), naive)
+    torch.testing.assert_close(model(tokens).logits, naive)
 
 
 @pytest.mark.parametrize("preset, attn_mode, extra", [
@@ -80,10 +80,10 @@ def test_naive_equals_absorbed():
 def test_cache_equals_full_rerun(preset, attn_mode, extra):
     model = _model(preset, attn_mode, **extra)
     tokens = torch.randint(0, 128, (2, 11))
-    full = model(tokens)
+    full = model(tokens).logits
     cache = model.new_cache()
-    pieces = [model(tokens[:, :5], cache=cache), model(tokens[:, 5:8], cache=cache)]
-    pieces += [model(tokens[:, t:t + 1], cache=cache) for t in range(8, 11)]
+    pieces = [model(tokens[:, :5], cache=cache).logits, model(tokens[:, 5:8], cache=cache).logits]
+    pieces += [model(tokens[:, t:t + 1], cache=cache).logits for t in range(8, 11)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full)
     assert len(cache) == len(model.layers) and len(cache[0]) == 11
 
@@ -102,20 +102,57 @@ def test_left_padding_with_positions_equals_unpadded():
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), row], dim=1)  # (1, 9)
     mask = torch.tensor([[False] * 3 + [True] * 6])
     positions = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4, 5]])
-    torch.testing.assert_close(model(padded, position_ids=positions, padding_mask=mask)[:, 3:], model(row))
+    torch.testing.assert_close(model(padded, position_ids=positions, padding_mask=mask).logits[:, 3:],
+                               model(row).logits)
 
 
-def test_last_routing_kept_for_each_moe_layer():
-    model = _model("tiny-v3", num_hidden_layers=3)
-    model(torch.randint(0, 128, (2, 6)))
-    scores, indices = model.layers[2].ffn.last_routing
-    assert scores.shape == (2, 6, 8) and indices.shape == (2, 6, 2)
+def test_routing_records_one_per_moe_layer_and_no_module_state():
+    model = _model("tiny-v3", num_hidden_layers=3, first_k_dense_replace=1)
+    out = model(torch.randint(0, 128, (2, 6)))
+    assert [r.layer for r in out.routing] == [1, 2]
+    record = out.routing[1]
+    assert record.scores.shape == record.selection_scores.shape == record.group_mask.shape == (2, 6, 8)
+    assert record.experts.shape == record.gate_weights.shape == (2, 6, 2) and record.dropped is None
+    assert record.scores.dtype == record.gate_weights.dtype == torch.float32
+    torch.testing.assert_close(record.selection_scores.gather(-1, record.experts),
+                               (record.scores + model.layers[2].ffn.router.bias.float()).gather(-1, record.experts))
+    assert not any(hasattr(layer.ffn, "last_routing") for layer in model.layers)
+
+
+def test_aux_loss_from_the_config_and_explicit_bias_update():
+    from minimoe.moe.balance import sequence_balance_loss
+    model = _model("tiny-v3", num_hidden_layers=2, aux_loss_alpha=0.1, seq_aux=True, bias_update_speed=0.01)
+    tokens = torch.randint(0, 128, (3, 6))
+    out = model(tokens)
+    unbiased = [r.scores.topk(2, dim=-1).indices for r in out.routing]  # DeepSeek-V3 Eq. (18)
+    expected = sum(sequence_balance_loss(r.scores, i, 8, 0.1) for r, i in zip(out.routing, unbiased))
+    torch.testing.assert_close(out.aux_loss, expected.to(out.aux_loss.dtype))
+    assert out.aux_loss.requires_grad
+    bias = model.layers[1].ffn.router.bias
+    before = bias.clone()
+    model(tokens)  # a forward alone moves nothing
+    torch.testing.assert_close(bias, before)
+    model.update_routing_bias(out.routing)
+    assert (bias - before).abs().max() == pytest.approx(0.01)
+    dense = _model("tiny-dense")
+    out = dense(torch.randint(0, 128, (1, 3)))
+    assert out.routing == [] and float(out.aux_loss) == 0.0
+
+
+@pytest.mark.parametrize("preset", ["tiny-v3", "tiny-dense"])
+def test_empty_batch_returns_empty_logits(preset):
+    model = _model(preset)
+    assert model(torch.zeros(0, 5, dtype=torch.long)).logits.shape == (0, 5, 128)
+    assert model(torch.zeros(2, 0, dtype=torch.long)).logits.shape == (2, 0, 128)
 
 
 def test_bad_inputs_raise_clear_errors():
     model = _model("tiny-v3")
     with pytest.raises(ValueError, match="integer tensor"):
         model(torch.rand(1, 4))
+    for dtype in (torch.uint8, torch.bool):
+        with pytest.raises(ValueError, match=str(dtype).removeprefix("torch.")):
+            model(torch.ones(1, 4, dtype=dtype))
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         model(torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=r"vocab_size=128"):

@@ -85,16 +85,16 @@ def test_router_bias_buffer_only_for_noaux_tc():
     v3 = Router(_cfg())
     assert v3.bias.dtype == torch.float32 and v3.bias.shape == (8,) and "bias" in dict(v3.named_buffers())
     assert Router(ModelConfig.from_preset("tiny-v2")).bias is None
-    w, i, s = v3(torch.randn(7, 64))
-    assert w.shape == (7, 2) and i.shape == (7, 2) and s.shape == (7, 8)
+    sel = v3(torch.randn(7, 64))
+    assert sel.gate_weights.shape == (7, 2) and sel.experts.shape == (7, 2) and sel.scores.shape == (7, 8)
 
 
 @pytest.mark.parametrize("preset", ["tiny-v2", "tiny-v3"])
 def test_sorted_dispatch_equals_naive_outputs_and_gradients(preset):
     torch.manual_seed(3)
     moe = DeepSeekMoE(ModelConfig.from_preset(preset)).double()
-    if moe.gate.bias is not None:
-        moe.gate.bias.normal_()
+    if moe.router.bias is not None:
+        moe.router.bias.normal_()
     x = torch.randn(3, 11, 64, dtype=torch.float64, requires_grad=True)
     y = moe(x)
     (g_x,) = torch.autograd.grad((y * torch.cos(y)).sum(), x)
@@ -125,14 +125,14 @@ def test_dispatch_with_expert_that_gets_no_tokens():
     torch.testing.assert_close(dispatch_sorted(x, weights, indices, experts), expected)
 
 
-def test_last_routing_shapes_and_shared_experts():
+def test_routing_record_shapes_and_shared_experts():
     cfg = _cfg(n_shared_experts=2)
     moe = DeepSeekMoE(cfg)
     assert moe.shared_experts.w1.out_features == 2 * cfg.moe_intermediate_size
     assert len(moe.experts) == 8 and moe.experts[0].w1.out_features == cfg.moe_intermediate_size
-    moe(torch.randn(2, 5, 64))
-    scores, indices = moe.last_routing
-    assert scores.shape == (2, 5, 8) and indices.shape == (2, 5, 2)
+    y, record = moe.forward_routed(torch.randn(2, 5, 64), layer=3)
+    assert y.shape == (2, 5, 64) and record.layer == 3
+    assert record.scores.shape == (2, 5, 8) and record.experts.shape == (2, 5, 2)
     assert DeepSeekMoE(_cfg(n_shared_experts=0)).shared_experts is None
 
 
@@ -159,7 +159,8 @@ def test_router_matches_transformers(version):
         ours.bias.normal_(std=0.1)
         theirs.e_score_correction_bias.copy_(ours.bias)
     x = torch.randn(64, 64)
-    w, i, _ = ours(x)
+    sel = ours(x)
+    w, i = sel.gate_weights, sel.experts
     _, hf_w, hf_i = theirs(x)
     hf_i, order = hf_i.sort(-1)
     i, our_order = i.sort(-1)

@@ -53,7 +53,7 @@ def test_explorer_routes_like_route_and_moves_load_with_the_bias(logits, capsys)
 def test_explorer_softmax_ignores_the_bias_and_rejects_too_few_experts(logits, capsys):
     explorer = routing_explorer(logits)
     widgets = {child.description: child for child in explorer.children if hasattr(child, "description")}
-    widgets["gate"].value, widgets["bias b_i"].value = "softmax (V2)", 0.5
+    widgets["router"].value, widgets["bias b_i"].value = "softmax (V2)", 0.5
     explorer.update()
     assert "is ignored here" in capsys.readouterr().out
     widgets["groups"].value, widgets["kept groups"].value, widgets["top-k"].value = 8, 1, 3

@@ -64,7 +64,3 @@ class LayerCache:
     def nbytes(self) -> int:
         """Bytes of the cached positions (not of the spare capacity)."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows in ``index`` (beam search, dropping finished rows)."""
-        self._buffers = {k: v.index_select(0, index) for k, v in self._buffers.items()}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from minimoe.attention.cache import LayerCache
-from minimoe.attention.masking import check_attention_inputs, masked_softmax
+from minimoe.attention.masking import causal_allowed, check_attention_inputs, masked_softmax
 from minimoe.attention.rope import RotaryEmbedding, apply_rope, softmax_scale
 
 
@@ -52,15 +52,24 @@ class MultiHeadAttention(nn.Module):
         self.scale = softmax_scale(cfg, self.head_dim)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, cache: LayerCache | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                padding_mask: torch.Tensor | None = None, *,
+                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """Causal self-attention of the T new positions over the cached and new ones.
 
+        ``cos_sin`` and ``mask`` (None = plain causal) come prepared from ``Transformer.forward``; without
+        ``cos_sin`` the inputs are checked and both derived here (as ``MultiHeadLatentAttention`` does).
+
         Shapes:
-            x: (B, T, D); position_ids: (B, T); padding_mask: (B, S); returns (B, T, D).
+            x: (B, T, D); position_ids: (B, T); padding_mask: (B, S); cos_sin: 2 × (B, T, d_h/2);
+            mask: (B, T, S) bool or None; returns (B, T, D).
         """
-        position_ids, allowed = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask)
+        if cos_sin is None:
+            position_ids, mask = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask,
+                                                        self.rope.max_position_embeddings)
+            cos_sin = self.rope.cos_sin(position_ids)  # (B, T, d_h/2)
+        cos, sin = cos_sin
         B, T, _ = x.shape
-        cos, sin = self.rope.cos_sin(position_ids)  # (B, T, d_h/2)
         # Eq. (1)–(3) then RoPE: q_t = RoPE(W^Q h_t), k_t = RoPE(W^K h_t), v_t = W^V h_t
         q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin, self.rope.interleave)
         k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin, self.rope.interleave)
@@ -68,6 +77,8 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             full = cache.append(k=k, v=v)
             k, v = full["k"], full["v"]  # (B, S, n_g, d_h)
-        o = grouped_attention(q, k, v, allowed, self.scale)  # (B, T, H, d_h)
+        if mask is None:
+            mask = causal_allowed(B, T, k.shape[1] - T, x.device)  # (B, T, S)
+        o = grouped_attention(q, k, v, mask, self.scale)  # (B, T, H, d_h)
         # Eq. (8): u_t = W^O [o_{t,1}; …; o_{t,n_h}]
         return self.wo(o.reshape(B, T, self.n_heads * self.head_dim))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from minimoe.attention.cache import LayerCache
-from minimoe.attention.masking import check_attention_inputs, masked_softmax
+from minimoe.attention.masking import attend, causal_allowed, check_attention_inputs, masked_softmax
 from minimoe.attention.rope import RotaryEmbedding, apply_rope, softmax_scale
 from minimoe.norm import RMSNorm
 
@@ -79,16 +79,26 @@ class MultiHeadLatentAttention(nn.Module):
         self._mode = value
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, cache: LayerCache | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                padding_mask: torch.Tensor | None = None, *,
+                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """Causal MLA of the T new positions over the cached and new ones.
 
+        Called on its own, the inputs are checked and positions, RoPE angles and mask derived here. Inside
+        ``Transformer.forward`` they come prepared, once for all layers: ``cos_sin`` from the model's RoPE table and
+        ``mask`` from ``causal_mask`` (None = plain causal); then ``position_ids``/``padding_mask`` are ignored.
+
         Shapes:
-            x: (B, T, D); position_ids: (B, T); padding_mask: (B, S); returns (B, T, D).
+            x: (B, T, D); position_ids: (B, T); padding_mask: (B, S); cos_sin: 2 × (B, T, r/2);
+            mask: (B, T, S) bool or None; returns (B, T, D).
         """
-        position_ids, allowed = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask)
+        if cos_sin is None:
+            position_ids, mask = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask,
+                                                        self.rope.max_position_embeddings)
+            cos_sin = self.rope.cos_sin(position_ids)  # (B, T, r/2)
+        cos, sin = cos_sin
         B, T, _ = x.shape
         H, n, r = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
-        cos, sin = self.rope.cos_sin(position_ids)  # (B, T, r/2)
         interleave = self.rope.interleave
         # Eq. (12)–(13): c^Q = W^DQ h, [q^C; q^R] = [W^UQ; W^QR] c^Q (or W^Q h without compression), q_norm on c^Q
         q = self.wq(x) if self.q_lora_rank is None else self.wq_b(self.q_norm(self.wq_a(x)))  # (B, T, H·(n+r))
@@ -99,13 +109,13 @@ class MultiHeadLatentAttention(nn.Module):
         c_kv = self.kv_norm(c_kv)
         k_rope = apply_rope(k_rope, cos, sin, interleave)  # (B, T, r)
         if self.mode == "naive":
-            o = self._naive(q_nope, q_rope, c_kv, k_rope, cache, allowed)
+            o = self._naive(q_nope, q_rope, c_kv, k_rope, cache, mask)
         else:
-            o = self._absorbed(q_nope, q_rope, c_kv, k_rope, cache, allowed)
+            o = self._absorbed(q_nope, q_rope, c_kv, k_rope, cache, mask)
         # Eq. (19): u_t = W^O [o_{t,1}; …; o_{t,n_h}]
         return self.wo(o.reshape(B, T, H * self.v_head_dim))
 
-    def _naive(self, q_nope, q_rope, c_kv, k_rope, cache, allowed) -> torch.Tensor:
+    def _naive(self, q_nope, q_rope, c_kv, k_rope, cache, mask) -> torch.Tensor:
         """Expand keys and values per head, cache them, attend. Shapes: returns (B, T, H, v)."""
         B, T, _ = c_kv.shape
         H, n, r = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
@@ -117,11 +127,11 @@ class MultiHeadLatentAttention(nn.Module):
             full = cache.append(k=k, v=v)
             k, v = full["k"], full["v"]  # (B, S, H, n+r), (B, S, H, v)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, T, H, n+r), Eq. (16): q_{t,i} = [q^C_{t,i}; q^R_{t,i}]
-        scores = torch.einsum("bthd,bshd->bhts", q, k) * self.scale  # (B, H, T, S)
         # Eq. (18): o_{t,i} = Σ_s softmax_s(q_{t,i}ᵀ k_{s,i} · scale) v^C_{s,i}, scale = (n+r)^-½ (· mscale² for YaRN)
-        return torch.einsum("bhts,bshv->bthv", masked_softmax(scores, allowed[:, None]), v)  # (B, T, H, v)
+        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # (B, H, T, v)
+        return o.transpose(1, 2)  # (B, T, H, v)
 
-    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, cache, allowed) -> torch.Tensor:
+    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, cache, mask) -> torch.Tensor:
         """Attend in the latent space; only (c_kv, k_rope) is cached. Shapes: returns (B, T, H, v)."""
         n = self.qk_nope_head_dim
         w_ukv = self.wkv_b.weight.view(self.n_heads, n + self.v_head_dim, self.kv_lora_rank)  # (H, n+v, d_c)
@@ -132,6 +142,10 @@ class MultiHeadLatentAttention(nn.Module):
             full = cache.append(c_kv=c_kv, k_rope=k_rope)
             c_kv, k_rope = full["c_kv"], full["k_rope"]  # (B, S, d_c), (B, S, r)
         scores = mla_absorbed_scores(q_latent, q_rope, c_kv, k_rope) * self.scale  # (B, H, T, S)
+        T, S = scores.shape[-2:]
+        if mask is None and T > 1:
+            mask = causal_allowed(scores.shape[0], T, S - T, scores.device)  # (B, T, S)
+        probs = scores.softmax(dim=-1) if mask is None else masked_softmax(scores, mask[:, None])  # (B, H, T, S)
         # Σ_s p_s v^C_{s,i} = W^UV_i Σ_s p_s c^KV_s: weight the latents, then expand once per query
-        o_latent = torch.einsum("bhts,bsc->bthc", masked_softmax(scores, allowed[:, None]), c_kv)  # (B, T, H, d_c)
+        o_latent = torch.einsum("bhts,bsc->bthc", probs, c_kv)  # (B, T, H, d_c)
         return torch.einsum("bthc,hvc->bthv", o_latent, w_uv)  # (B, T, H, v)

@@ -73,6 +73,11 @@ def expert_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts:
     Shapes: scores (N, E) (or (..., E), flattened), topk_idx (N, K) long -> scalar.
     """
     _check_routing(scores, topk_idx, n_experts, alpha)
+    return _expert_balance(scores, topk_idx, n_experts, alpha)
+
+
+def _expert_balance(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float) -> torch.Tensor:
+    """``expert_balance_loss`` without the checks (no host sync): for indices a router produced."""
     scores = scores.reshape(-1, n_experts)  # (N, E)
     n_tokens, k = scores.shape[0], topk_idx.shape[-1]
     f = n_experts / (k * n_tokens) * _selection_counts(topk_idx, n_experts)  # Eq. (24), (E,)
@@ -154,6 +159,12 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_expert
     n_tokens = scores[..., 0].numel()
     if n_tokens % seq_len != 0:
         raise ValueError(f"the number of tokens ({n_tokens}) must be divisible by seq_len ({seq_len})")
+    return _sequence_balance(scores, topk_idx, n_experts, alpha, seq_len)
+
+
+def _sequence_balance(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float,
+                      seq_len: int) -> torch.Tensor:
+    """``sequence_balance_loss`` without the checks (no host sync): for indices a router produced."""
     k = topk_idx.shape[-1]
     s = scores.reshape(-1, seq_len, n_experts)  # (B, T, E)
     idx = topk_idx.reshape(-1, seq_len * k)  # (B, T·K)
@@ -196,19 +207,47 @@ def max_violation(load: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_selection_bias(bias: torch.Tensor, expert_load: torch.Tensor, gamma: float) -> torch.Tensor:
+def update_selection_bias(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.Tensor:
     """One auxiliary-loss-free balancing step (DeepSeek-V3 §2.1.2, Eq. (16) and the rule below it).
 
     b_i ← b_i − γ if expert i is overloaded (load above the mean), b_i + γ if underloaded, unchanged if exactly at
     the mean: ``b + γ · sign(mean(load) − load)``. The bias only enters selection (``scores + bias``), never the gate
     values, so it gets no gradient. Returns a new tensor in ``bias``'s dtype; ``bias`` itself is not modified.
 
-    Shapes: bias (E,), expert_load (E,) -> (E,).
+    Shapes: bias (E,), load (E,) (``expert_load``: shares or counts) -> (E,).
     """
     if gamma < 0:
         raise ValueError(f"gamma ({gamma}) must be non-negative")
-    if bias.dim() != 1 or expert_load.shape != bias.shape:
-        raise ValueError(f"bias {tuple(bias.shape)} and expert_load {tuple(expert_load.shape)} must both be (E,)")
-    load = expert_load.float()
+    if bias.dim() != 1 or load.shape != bias.shape:
+        raise ValueError(f"bias {tuple(bias.shape)} and load {tuple(load.shape)} must both be (E,)")
+    load = load.float()
     error = load.mean() - load  # (E,): > 0 underloaded, < 0 overloaded
     return (bias.float() + gamma * torch.sign(error)).to(bias.dtype)
+
+
+def routing_balance_loss(routing: list, cfg) -> torch.Tensor:
+    """Σ over MoE layers of the balance loss the model config asks for (``ModelOutput.aux_loss``).
+
+    ``cfg.aux_loss_alpha`` α (0 = none); ``cfg.seq_aux``: per sequence (``sequence_balance_loss``, DeepSeek-V3
+    Eq. (17)–(20); V2 Eq. (23)–(25) for softmax scores) or over the whole batch with the scores normalised per
+    token (``expert_balance_loss``, the batch-wise variant of V3 §4.5.3). For ``noaux_tc`` routers f_i counts the
+    top-K of the unbiased affinities over all experts (V3 Eq. (18)), not the biased, group-limited selection;
+    otherwise the selected experts (V2 Eq. (24)).
+
+    Shapes: routing: RoutingRecords with scores (B, T, E), experts (B, T, K) -> scalar (with graph).
+    """
+    alpha = cfg.aux_loss_alpha
+    if not alpha or not routing:
+        return torch.zeros(())
+    n_experts = cfg.n_routed_experts
+    total = []
+    for record in routing:
+        scores, indices = record.scores, record.experts
+        if cfg.topk_method == "noaux_tc":
+            indices = scores.topk(indices.shape[-1], dim=-1).indices  # (B, T, K): Eq. (18), Topk({s_j,t}, K_r)
+        if cfg.seq_aux:
+            total.append(_sequence_balance(scores, indices, n_experts, alpha, scores.shape[-2]))
+        else:
+            s_norm = scores / scores.sum(dim=-1, keepdim=True)  # (B, T, E)
+            total.append(_expert_balance(s_norm, indices, n_experts, alpha))
+    return torch.stack(total).sum()

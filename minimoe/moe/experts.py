@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimoe.config import ModelConfig
-from minimoe.moe.gate import Router
+from minimoe.moe.gate import Router, RoutingRecord
 
 EXPERTS_IMPLS = ("auto", "loop", "grouped_mm")
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)  # torch ≥ 2.8 (CPU ≥ 2.9)
@@ -33,7 +33,8 @@ _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward network ``w2(silu(w1 x) * w3 x)`` (w1 gate, w2 down, w3 up), as in DeepSeek's code.
+    """SwiGLU feed-forward network ``w2(silu(w1 x) * w3 x)`` (w1 the SiLU branch, w3 the linear branch, w2 the
+    output projection; HF gate_proj, up_proj, down_proj), as in DeepSeek's code.
 
     Shapes: x (..., D) -> (..., D).
     """
@@ -132,9 +133,9 @@ def run_experts(x_sorted: torch.Tensor, counts: torch.Tensor, experts: nn.Module
     if impl == "grouped_mm":
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows
         w1, w2, w3 = (torch.stack([getattr(e, w).weight for e in experts]) for w in ("w1", "w2", "w3"))
-        gate = _grouped_mm(x_sorted, w1.mT, offs=offs)  # (M, I)
-        up = _grouped_mm(x_sorted, w3.mT, offs=offs)  # (M, I)
-        return _grouped_mm(F.silu(gate) * up, w2.mT, offs=offs)  # (M, D)
+        act = _grouped_mm(x_sorted, w1.mT, offs=offs)  # (M, I)
+        lin = _grouped_mm(x_sorted, w3.mT, offs=offs)  # (M, I)
+        return _grouped_mm(F.silu(act) * lin, w2.mT, offs=offs)  # (M, D)
     if impl != "loop":
         raise ValueError(f"impl ({impl!r}) must be 'loop' or 'grouped_mm'")
     outputs = [expert(rows) for expert, rows in zip(experts, x_sorted.split(counts.tolist())) if len(rows) > 0]
@@ -155,52 +156,66 @@ def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
     k = indices.shape[1]
     order, counts = sort_by_expert(indices, len(experts), keep)  # (M,), (E,)
     token = order // k  # (M,) the token of each sorted assignment
-    gate = weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)  # (M, 1) g_{i,t} in the same order
+    gate_weights = weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)  # (M, 1) g_{i,t} in the same order
     out = torch.zeros_like(x)  # (N, D)
     if impl != "loop":
         y_sorted = run_experts(x.index_select(0, token), counts, experts, impl)  # (M, D)
-        return out.index_add_(0, token, y_sorted * gate)
+        return out.index_add_(0, token, y_sorted * gate_weights)
     sizes = counts.tolist()
     gathered = x.index_select(0, token).split(sizes) if torch.is_grad_enabled() and x.requires_grad else None
-    for e, (expert, rows, g) in enumerate(zip(experts, token.split(sizes), gate.split(sizes))):
+    for e, (expert, rows, g) in enumerate(zip(experts, token.split(sizes), gate_weights.split(sizes))):
         if len(rows) > 0:
             x_e = x.index_select(0, rows) if gathered is None else gathered[e]  # (n_e, D)
             out.index_add_(0, rows, expert(x_e) * g)
     return out
 
 
+class LocalDispatcher:
+    """Dispatch on one process: every routed expert is here, tokens are sorted by expert (``dispatch_sorted``)."""
+
+    def __call__(self, moe: DeepSeekMoE, u: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                 keep: torch.Tensor | None) -> torch.Tensor:
+        """Shapes: u (N, D), weights (N, K), indices (N, K), keep (N, K) bool or None -> (N, D)."""
+        return dispatch_sorted(u, weights, indices, moe.experts, keep, resolve_impl(moe.experts_impl, u))
+
+    def __repr__(self) -> str:
+        return "LocalDispatcher()"
+
+
 class DeepSeekMoE(nn.Module):
-    """Shared + routed experts (DeepSeek-V3 Eq. (12)).
+    """Shared + routed experts (DeepSeek-V3 Eq. (12)): ``router`` → ``dispatcher`` → ``experts`` (+ shared).
 
-    After each forward, ``last_routing = (scores, indices)`` keeps the router's affinities (..., E) and the
-    selected experts (..., K) with the input's leading shape, e.g. (B, T, E) and (B, T, K); ``scores`` keeps its
-    graph so a balance loss (``minimoe.moe.balance``) can be added to the training loss.
+    ``forward(x)`` returns the layer's output; ``forward_routed(x, layer)`` also returns the ``RoutingRecord``
+    (scores, selection scores, group mask, experts, gate weights, dropped assignments) that ``Transformer.forward``
+    collects into ``ModelOutput.routing``. The module keeps nothing from one call to the next.
 
-    Two attributes, settable at any time:
+    Attributes, settable at any time:
 
     - ``capacity_factor`` (None = no dropping, the default and DeepSeek-V3's choice): in training mode each expert
       keeps at most ⌈capacity_factor · N·K / E⌉ tokens of the batch, dropping its lowest-affinity ones
       (``capacity_mask``); a dropped token still gets its other experts and the shared ones. DeepSeek-V2 §2.2.4 lets
-      inference "flexibly decide whether to drop tokens"; minimoe drops nothing in eval mode. ``last_dropped``
-      (..., K) bool marks the dropped assignments (None when no capacity applied).
+      inference "flexibly decide whether to drop tokens"; minimoe drops nothing in eval mode.
     - ``experts_impl``: ``"loop"``, ``"grouped_mm"`` or ``"auto"`` (``grouped_mm`` on a GPU where torch offers
       it, else the loop: on a CPU the two measured the same, ``benchmarks/moe_dispatch.py``).
+    - ``dispatcher``: how tokens reach their experts. ``LocalDispatcher()`` (default) sorts them by expert on this
+      process; ``minimoe.moe.parallel.AllToAllDispatcher`` sends them over ``torch.distributed`` to the ranks that
+      hold their experts (expert parallelism, ``minimoe.moe.parallel.shard_experts``).
     """
 
-    def __init__(self, cfg: ModelConfig, capacity_factor: float | None = None, experts_impl: str = "auto") -> None:
+    def __init__(self, cfg: ModelConfig, capacity_factor: float | None = None, experts_impl: str = "auto",
+                 dispatcher=None, n_local_experts: int | None = None) -> None:
         super().__init__()
         if not cfg.is_moe:
             raise ValueError("DeepSeekMoE needs n_routed_experts > 0")
         self.cfg = cfg
-        self.gate = Router(cfg)
-        self.experts = nn.ModuleList(Expert(cfg.hidden_size, cfg.moe_intermediate_size)
-                                     for _ in range(cfg.n_routed_experts))
+        self.router = Router(cfg)
+        n_local = cfg.n_routed_experts if n_local_experts is None else n_local_experts
+        self.experts = nn.ModuleList(Expert(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(n_local))
         shared = cfg.n_shared_experts * cfg.moe_intermediate_size
         self.shared_experts = MLP(cfg.hidden_size, shared) if shared > 0 else None
         self.capacity_factor = capacity_factor
         self.experts_impl = experts_impl
-        self.last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.last_dropped: torch.Tensor | None = None
+        self.dispatcher = LocalDispatcher() if dispatcher is None else dispatcher
 
     @property
     def capacity_factor(self) -> float | None:
@@ -224,19 +239,35 @@ class DeepSeekMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shapes: x (..., D) -> (..., D)."""
+        return self.forward_routed(x)[0]
+
+    def forward_routed(self, x: torch.Tensor, layer: int = 0) -> tuple[torch.Tensor, RoutingRecord]:
+        """The layer's output and its routing (``layer`` is stored in the record).
+
+        Shapes: x (..., D) -> (..., D) and a RoutingRecord whose tensors have x's leading shape, e.g. (B, T, ·).
+        """
         lead = x.shape[:-1]
         u = x.reshape(-1, x.shape[-1])  # (N, D)
-        weights, indices, scores = self.gate(u)
-        self.last_routing = (scores.view(*lead, -1), indices.view(*lead, -1))  # (..., E), (..., K)
+        sel = self.router(u)
         keep = None
         if self.capacity_factor is not None and self.training:
-            keep = capacity_mask(scores.detach().gather(1, indices), indices, len(self.experts),
+            keep = capacity_mask(sel.scores.detach().gather(1, sel.experts), sel.experts, self.cfg.n_routed_experts,
                                  self.capacity_factor)  # (N, K)
-        self.last_dropped = None if keep is None else ~keep.view(*lead, -1)  # (..., K)
-        h = dispatch_sorted(u, weights, indices, self.experts, keep, resolve_impl(self.experts_impl, u))
+        h = self.dispatcher(self, u, sel.gate_weights, sel.experts, keep)  # (N, D)
         if self.shared_experts is not None:
             h = h + self.shared_experts(u)
-        return h.view(*lead, -1)  # (..., D)
+        n_experts, k = sel.scores.shape[-1], sel.experts.shape[-1]
+        record = RoutingRecord(
+            layer=layer, scores=sel.scores.view(*lead, n_experts), selection_scores=sel.selection_scores.view(
+                *lead, n_experts), group_mask=None if sel.group_mask is None else sel.group_mask.view(*lead, n_experts),
+            experts=sel.experts.view(*lead, k), gate_weights=sel.gate_weights.view(*lead, k),
+            dropped=None if keep is None else ~keep.view(*lead, k))
+        return h.view(x.shape), record
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for key in [k for k in state_dict if k.startswith(prefix + "gate.")]:  # checkpoints from before the rename
+            state_dict[prefix + "router." + key.removeprefix(prefix + "gate.")] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def naive_moe_forward(moe: DeepSeekMoE, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -247,7 +278,8 @@ def naive_moe_forward(moe: DeepSeekMoE, x: torch.Tensor, keep: torch.Tensor | No
     """
     lead = x.shape[:-1]
     u = x.reshape(-1, x.shape[-1])  # (N, D)
-    weights, indices, _ = moe.gate(u)
+    sel = moe.router(u)
+    weights, indices = sel.gate_weights, sel.experts
     if keep is not None:
         weights = weights * keep
     gates = torch.zeros(u.shape[0], len(moe.experts), dtype=u.dtype, device=u.device)

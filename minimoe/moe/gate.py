@@ -5,7 +5,7 @@ first keeps the ``topk_group`` groups whose best expert scores highest. DeepSeek
 with a sigmoid, *selects* with ``scores + bias`` (auxiliary-loss-free balancing), ranks groups by the sum of their
 two best biased scores, and takes the gate values from the unbiased scores, normalised over the selected experts.
 
-The maths is in pure functions (``affinity_scores``, ``group_mask``, ``route``) so notebooks and assignments can call
+The maths is in pure functions (``affinity_scores``, ``group_mask``, ``select_experts``, ``route``) so notebooks and assignments can call
 them; ``Router`` only holds the weights. Semantics follow Hugging Face transformers 5.x
 (``DeepseekV2TopkRouter``, ``DeepseekV3TopkRouter``) and DeepSeek-V3 ``inference/model.py`` ``Gate``:
 
@@ -20,6 +20,8 @@ them; ``Router`` only holds the weights. Semantics follow Hugging Face transform
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -65,10 +67,44 @@ def group_mask(choice: torch.Tensor, n_group: int, topk_group: int, group_score:
     return mask.unsqueeze(-1).expand_as(grouped).reshape(n_tokens, n_experts)  # (N, E)
 
 
-def route(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group: int = 1, topk_group: int = 1,
-          bias: torch.Tensor | None = None, norm_topk_prob: bool = False,
-          routed_scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Select K experts per token and their gate values g_{i,t}.
+@dataclass
+class Selection:
+    """What the router decided for N tokens: everything a balance loss, a bias update or a plot needs.
+
+    Shapes: scores (N, E) float32 s_{i,t} (keeps its graph); selection_scores (N, E) float32, what top-k ranked
+    (s, + b for ``noaux_tc``, −inf outside the kept groups); group_mask (N, E) bool or None (no group limit);
+    experts (N, K) long, best first; gate_weights (N, K) float32 g_{i,t} × ``routed_scaling_factor``.
+    """
+
+    scores: torch.Tensor
+    selection_scores: torch.Tensor
+    group_mask: torch.Tensor | None
+    experts: torch.Tensor
+    gate_weights: torch.Tensor
+
+
+@dataclass
+class RoutingRecord:
+    """The routing of one MoE layer in one forward pass (``ModelOutput.routing`` holds one per MoE layer).
+
+    Shapes: scores, selection_scores (B, T, E) float32 (scores keep their graph, for the balance losses);
+    group_mask (B, T, E) bool or None; experts (B, T, K) long; gate_weights (B, T, K) float32; dropped (B, T, K)
+    bool (True = the assignment fell beyond its expert's capacity) or None when no capacity applied.
+    """
+
+    layer: int
+    scores: torch.Tensor
+    selection_scores: torch.Tensor
+    group_mask: torch.Tensor | None
+    experts: torch.Tensor
+    gate_weights: torch.Tensor
+    dropped: torch.Tensor | None
+
+
+def select_experts(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group: int = 1,
+                   topk_group: int = 1, bias: torch.Tensor | None = None, norm_topk_prob: bool = False,
+                   routed_scaling_factor: float = 1.0) -> Selection:
+    """Select K experts per token and their gate values g_{i,t}; return every intermediate (``Selection``).
 
     - ``"greedy"``: top-K of the scores (DeepSeek-V2 Eq. (21)).
     - ``"group_limited_greedy"``: top-K inside the ``topk_group`` groups with the highest max score
@@ -79,7 +115,7 @@ def route(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group:
     Then, if ``norm_topk_prob``, g = g' / Σ g' over the selected (DeepSeek-V3 Eq. (13)); finally g ×
     ``routed_scaling_factor``.
 
-    Shapes: scores (N, E), bias (E,) -> weights (N, K) float32, indices (N, K) long, sorted by selection score.
+    Shapes: scores (N, E), bias (E,) -> Selection (experts (N, K) sorted by selection score).
     """
     n_experts = scores.shape[-1]
     if not 0 < k <= n_experts:
@@ -94,6 +130,7 @@ def route(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group:
         group_score = "max"
     else:
         raise ValueError(f"topk_method ({topk_method!r}) must be 'greedy', 'group_limited_greedy' or 'noaux_tc'")
+    allowed = None
     if topk_method != "greedy" and n_group > 1:
         allowed = group_mask(choice, n_group, topk_group, group_score)  # (N, E)
         choice = choice.masked_fill(~allowed, float("-inf"))
@@ -101,11 +138,23 @@ def route(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group:
     weights = scores.gather(-1, indices)  # (N, K)
     if norm_topk_prob:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + NORM_EPS)
-    return weights * routed_scaling_factor, indices
+    return Selection(scores, choice, allowed, indices, weights * routed_scaling_factor)
+
+
+def route(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group: int = 1, topk_group: int = 1,
+          bias: torch.Tensor | None = None, norm_topk_prob: bool = False,
+          routed_scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``select_experts`` reduced to what dispatch needs: the gate values and the selected experts.
+
+    Shapes: scores (N, E), bias (E,) -> gate_weights (N, K) float32, experts (N, K) long, sorted by selection score.
+    """
+    sel = select_experts(scores, k, topk_method=topk_method, n_group=n_group, topk_group=topk_group, bias=bias,
+                         norm_topk_prob=norm_topk_prob, routed_scaling_factor=routed_scaling_factor)
+    return sel.gate_weights, sel.experts
 
 
 class Router(nn.Module):
-    """The gate of one DeepSeekMoE layer: ``weight`` holds the expert centroids e_i, ``bias`` the V3 selection bias.
+    """The router of one DeepSeekMoE layer: ``weight`` holds the expert centroids e_i, ``bias`` the V3 selection bias.
 
     ``bias`` (float32, = HF ``e_score_correction_bias``) exists only for ``topk_method="noaux_tc"``; it is a buffer,
     not a parameter: training moves it with the auxiliary-loss-free update (``minimoe.moe.balance``), not by gradient.
@@ -123,18 +172,18 @@ class Router(nn.Module):
         else:
             self.bias = None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Route each token.
+    def forward(self, x: torch.Tensor) -> Selection:
+        """Route each token: affinities, selection and gate values (``select_experts``).
 
-        Shapes: x (N, D) -> weights (N, K) float32 (× routed_scaling_factor), indices (N, K), scores (N, E) float32.
+        Shapes: x (N, D) -> Selection: gate_weights (N, K) float32 (× routed_scaling_factor), experts (N, K),
+        scores and selection_scores (N, E) float32, group_mask (N, E) or None.
         """
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())  # (N, E): u_t^T e_i
         scores = affinity_scores(logits, cfg.scoring_func)
-        weights, indices = route(scores, cfg.num_experts_per_tok, topk_method=cfg.topk_method, n_group=cfg.n_group,
-                                 topk_group=cfg.topk_group, bias=self.bias, norm_topk_prob=cfg.norm_topk_prob,
-                                 routed_scaling_factor=cfg.routed_scaling_factor)
-        return weights, indices, scores
+        return select_experts(scores, cfg.num_experts_per_tok, topk_method=cfg.topk_method, n_group=cfg.n_group,
+                              topk_group=cfg.topk_group, bias=self.bias, norm_topk_prob=cfg.norm_topk_prob,
+                              routed_scaling_factor=cfg.routed_scaling_factor)
 
     def extra_repr(self) -> str:
         cfg = self.cfg

@@ -11,7 +11,11 @@ experts are replicated. Every rank routes its own tokens, then:
 This exchange is the traffic DeepSeek-V2's device-limited routing and communication balance loss bound (DeepSeek-V2
 §2.2.2, §2.2.3). The all-to-all is differentiable (``AllToAll``): its backward is the all-to-all with the split sizes
 swapped, so gradients travel back to the ranks the tokens came from. Gradients of the replicated router and shared
-experts stay per rank, as in data parallelism; ``all_reduce_replicated_grads`` sums them. (DeepSeek-V3's
+experts stay per rank, as in data parallelism; ``all_reduce_replicated_grads`` sums them.
+
+This is a dispatch strategy of the one ``DeepSeekMoE`` module, not a second MoE: ``shard_experts(moe)`` returns a
+``DeepSeekMoE`` with this rank's experts and ``dispatcher=AllToAllDispatcher(group, shard)``; routing, shared
+experts and the ``RoutingRecord`` are the module's own. (DeepSeek-V3's
 ``inference/model.py`` shards the experts the same way but gives every rank all tokens and sums with one
 all_reduce.)
 
@@ -27,8 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from minimoe.config import ModelConfig
-from minimoe.moe.experts import MLP, DeepSeekMoE, Expert, resolve_impl, run_experts, sort_by_expert
-from minimoe.moe.gate import Router
+from minimoe.moe.experts import DeepSeekMoE, resolve_impl, run_experts, sort_by_expert
 
 
 def _exchange(x: torch.Tensor, input_splits: list[int], output_splits: list[int], group) -> torch.Tensor:
@@ -67,66 +70,25 @@ def expert_shard(n_experts: int, world_size: int, rank: int) -> range:
     return range(rank * per_rank, (rank + 1) * per_rank)
 
 
-class ExpertParallelMoE(nn.Module):
-    """DeepSeekMoE (DeepSeek-V3 Eq. (12)) with its routed experts sharded over the ranks of ``group``.
+class AllToAllDispatcher:
+    """A ``DeepSeekMoE.dispatcher`` for expert parallelism: this rank holds the routed experts ``shard`` (global
+    indices), and tokens travel to the ranks of ``group`` that hold their experts and back by all-to-all.
 
-    Parameters as in ``DeepSeekMoE``, except that ``experts`` holds this rank's ``len(shard)`` experts
-    (``shard`` = their global indices). ``from_moe`` builds one from a single-process layer; ``forward`` takes this
-    rank's tokens and keeps ``last_routing`` as ``DeepSeekMoE`` does. Capacity dropping is not offered here.
+    Capacity dropping is not offered here (``keep`` must be None).
     """
 
-    def __init__(self, cfg: ModelConfig, group: dist.ProcessGroup | None = None, experts_impl: str = "auto") -> None:
-        super().__init__()
-        if not cfg.is_moe:
-            raise ValueError("ExpertParallelMoE needs n_routed_experts > 0")
-        self.cfg, self.group, self.experts_impl = cfg, group, experts_impl
+    def __init__(self, group: dist.ProcessGroup | None, shard: range) -> None:
+        self.group, self.shard = group, shard
         self.world_size = dist.get_world_size(group)
-        self.shard = expert_shard(cfg.n_routed_experts, self.world_size, dist.get_rank(group))
-        self.gate = Router(cfg)
-        self.experts = nn.ModuleList(Expert(cfg.hidden_size, cfg.moe_intermediate_size) for _ in self.shard)
-        shared = cfg.n_shared_experts * cfg.moe_intermediate_size
-        self.shared_experts = MLP(cfg.hidden_size, shared) if shared > 0 else None
-        self.last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @classmethod
-    def from_moe(cls, moe: DeepSeekMoE, group: dist.ProcessGroup | None = None) -> ExpertParallelMoE:
-        """This rank's part of ``moe``: its shard of the routed experts, the router and the shared experts."""
-        weight = moe.gate.weight
-        layer = cls(moe.cfg, group, moe.experts_impl).to(device=weight.device, dtype=weight.dtype)
-        layer.load_state_dict(layer.shard_state_dict(moe.state_dict()))
-        return layer
-
-    def shard_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A ``DeepSeekMoE`` state dict cut to this rank: ``experts.{e}.*`` → ``experts.{e - shard.start}.*``."""
-        out = {}
-        for key, tensor in state.items():
-            if key.startswith("experts."):
-                expert, rest = key.removeprefix("experts.").split(".", 1)
-                if int(expert) in self.shard:
-                    out[f"experts.{int(expert) - self.shard.start}.{rest}"] = tensor
-            else:
-                out[key] = tensor
-        return out
-
-    def replicated_parameters(self) -> list[nn.Parameter]:
-        """The router's and the shared experts' parameters, which every rank holds."""
-        shared = [] if self.shared_experts is None else list(self.shared_experts.parameters())
-        return list(self.gate.parameters()) + shared
-
-    def all_reduce_replicated_grads(self) -> None:
-        """Sum the replicated parameters' gradients over the ranks (what DistributedDataParallel would do)."""
-        for p in self.replicated_parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad, group=self.group)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Shapes: x (..., D) this rank's tokens -> (..., D)."""
-        lead = x.shape[:-1]
-        u = x.reshape(-1, x.shape[-1])  # (N, D)
-        weights, indices, scores = self.gate(u)
-        self.last_routing = (scores.view(*lead, -1), indices.view(*lead, -1))  # (..., E), (..., K)
-        world, n_local = self.world_size, len(self.experts)
-        order, counts = sort_by_expert(indices, self.cfg.n_routed_experts)  # (N·K,), (E,) sorted by destination
+    def __call__(self, moe: DeepSeekMoE, u: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                 keep: torch.Tensor | None) -> torch.Tensor:
+        """Σ_i g_{i,t} FFN^(r)_i(u_t) over the ranks. Shapes: u (N, D) this rank's tokens, weights, indices (N, K)
+        -> (N, D)."""
+        if keep is not None:
+            raise ValueError("capacity_factor is not offered with expert parallelism: set moe.capacity_factor = None")
+        world, n_local = self.world_size, len(moe.experts)
+        order, counts = sort_by_expert(indices, moe.cfg.n_routed_experts)  # (N·K,), (E,) sorted by destination
         token = order // indices.shape[1]  # (N·K,)
 
         # 1. dispatch: tokens per (source rank, local expert) first, then the rows themselves
@@ -139,17 +101,62 @@ class ExpertParallelMoE(nn.Module):
         # 2. compute: the received rows are grouped by source rank, then expert; regroup them by expert
         local_expert = torch.arange(n_local, device=u.device).repeat(world)  # (W·E_local,)
         by_expert = local_expert.repeat_interleave(recv_counts).argsort(stable=True)  # (M,)
-        y = run_experts(x_recv.index_select(0, by_expert), recv_counts.view(world, n_local).sum(0), self.experts,
-                        resolve_impl(self.experts_impl, u))  # (M, D) grouped by expert
+        y = run_experts(x_recv.index_select(0, by_expert), recv_counts.view(world, n_local).sum(0), moe.experts,
+                        resolve_impl(moe.experts_impl, u))  # (M, D) grouped by expert
         y_recv = y.index_select(0, by_expert.argsort())  # (M, D) back in the received order
 
         # 3. combine: outputs return to their ranks, weighted by g_{i,t} and added per token
         y_sorted = AllToAll.apply(y_recv, recv_splits, send_splits, self.group)  # (N·K, D)
-        gate = weights.reshape(-1)[order].unsqueeze(-1).to(u.dtype)  # (N·K, 1)
-        h = torch.zeros_like(u).index_add_(0, token, y_sorted * gate)  # (N, D)
-        if self.shared_experts is not None:
-            h = h + self.shared_experts(u)
-        return h.view(*lead, -1)  # (..., D)
+        gate_weights = weights.reshape(-1)[order].unsqueeze(-1).to(u.dtype)  # (N·K, 1)
+        return torch.zeros_like(u).index_add_(0, token, y_sorted * gate_weights)  # (N, D)
+
+    def __repr__(self) -> str:
+        return f"AllToAllDispatcher(world_size={self.world_size}, shard={self.shard.start}-{self.shard.stop - 1})"
+
+
+def expert_parallel_moe(cfg: ModelConfig, group: dist.ProcessGroup | None = None,
+                        experts_impl: str = "auto") -> DeepSeekMoE:
+    """A ``DeepSeekMoE`` holding this rank's shard of the routed experts, with an ``AllToAllDispatcher``."""
+    if not cfg.is_moe:
+        raise ValueError("expert parallelism needs n_routed_experts > 0")
+    shard = expert_shard(cfg.n_routed_experts, dist.get_world_size(group), dist.get_rank(group))
+    return DeepSeekMoE(cfg, experts_impl=experts_impl, dispatcher=AllToAllDispatcher(group, shard),
+                       n_local_experts=len(shard))
+
+
+def shard_experts(moe: DeepSeekMoE, group: dist.ProcessGroup | None = None) -> DeepSeekMoE:
+    """This rank's part of the single-process layer ``moe``: its shard of the routed experts (renumbered from 0),
+    the router and the shared experts, dispatching by all-to-all."""
+    weight = moe.router.weight
+    layer = expert_parallel_moe(moe.cfg, group, moe.experts_impl).to(device=weight.device, dtype=weight.dtype)
+    layer.load_state_dict(shard_state_dict(moe.state_dict(), layer.dispatcher.shard))
+    return layer
+
+
+def shard_state_dict(state: dict[str, torch.Tensor], shard: range) -> dict[str, torch.Tensor]:
+    """A ``DeepSeekMoE`` state dict cut to ``shard``: ``experts.{e}.*`` → ``experts.{e - shard.start}.*``."""
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith("experts."):
+            expert, rest = key.removeprefix("experts.").split(".", 1)
+            if int(expert) in shard:
+                out[f"experts.{int(expert) - shard.start}.{rest}"] = tensor
+        else:
+            out[key] = tensor
+    return out
+
+
+def replicated_parameters(moe: DeepSeekMoE) -> list[nn.Parameter]:
+    """The router's and the shared experts' parameters, which every rank holds."""
+    shared = [] if moe.shared_experts is None else list(moe.shared_experts.parameters())
+    return list(moe.router.parameters()) + shared
+
+
+def all_reduce_replicated_grads(moe: DeepSeekMoE, group: dist.ProcessGroup | None = None) -> None:
+    """Sum the replicated parameters' gradients over the ranks (what DistributedDataParallel would do)."""
+    for p in replicated_parameters(moe):
+        if p.grad is not None:
+            dist.all_reduce(p.grad, group=group)
 
 
 def main() -> None:
@@ -162,12 +169,13 @@ def main() -> None:
     cfg = ModelConfig.from_preset("small-v3")
     moe = DeepSeekMoE(cfg).to(device)
     tokens = torch.randn(world, 256, cfg.hidden_size, device=device)  # (W, N, D): rank r owns tokens[r]
-    layer = ExpertParallelMoE.from_moe(moe)
-    y = layer(tokens[rank])
+    layer = shard_experts(moe)
+    y, record = layer.forward_routed(tokens[rank])
     y.square().sum().backward()
     reference = moe(tokens.view(-1, cfg.hidden_size)).view_as(tokens)[rank]  # (N, D)
-    sent = torch.bincount(layer.last_routing[1].flatten() // len(layer.experts), minlength=world).tolist()
-    print(f"rank {rank}/{world} ({backend}): experts {layer.shard.start}-{layer.shard.stop - 1}, assignments sent "
+    sent = torch.bincount(record.experts.flatten() // len(layer.experts), minlength=world).tolist()
+    shard = layer.dispatcher.shard
+    print(f"rank {rank}/{world} ({backend}): experts {shard.start}-{shard.stop - 1}, assignments sent "
           f"to each rank {sent}, max |y - single process| = {(y - reference).abs().max().item():.2e}", flush=True)
     dist.destroy_process_group()
 
