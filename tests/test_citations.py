@@ -83,7 +83,7 @@ def bib_keys() -> set[str]:
 
 def test_the_texts_are_found():
     assert any(name.startswith("notebooks/") for name in TEXTS)
-    assert "book/sources.md" in TEXTS and "minimoe/config.py" in TEXTS
+    assert "book/sources.md" in TEXTS and "minimoe/config/presets.py" in TEXTS
 
 
 @pytest.mark.parametrize("name", sorted(TEXTS))
