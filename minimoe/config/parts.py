@@ -78,8 +78,8 @@ class AttentionConfig(_Part):
         rope = self.qk_rope_head_dim
         if self.attention_type == "mla":  # MLA rotates the d^R_h dims of q^R and k^R, in pairs
             require(rope > 0 and rope % 2 == 0,
-                    f"qk_rope_head_dim ({rope}) must be a positive even integer: MLA's decoupled RoPE key "
-                    "(DeepSeek-V2 Eq. (14)) rotates pairs of dims")
+                    f"qk_rope_head_dim ({rope}) must be a positive even integer: MLA's decoupled RoPE "
+                    "(DeepSeek-V2 §2.1.3) rotates pairs of dims")
         if self.head_dim is not None:
             require(self.head_dim % 2 == 0, f"head_dim ({self.head_dim}) must be a positive even integer: the "
                                             "baseline turns its whole head with RoPE, in pairs")
@@ -156,7 +156,7 @@ class MoEConfig(_Part):
     topk_method: str
     """"greedy" | "group_limited_greedy" (V2) | "noaux_tc" (V3: selection bias, groups scored by their top-2)."""
     scoring_func: str
-    """s_{i,t}: "softmax" (V2 Eq. (21)) | "sigmoid" (V3 Eq. (15))."""
+    """s_{i,t}: "softmax" (DeepSeek-V2 Eq. (22)) | "sigmoid" (DeepSeek-V3 Eq. (15))."""
     norm_topk_prob: bool
     """Renormalise the selected gate values to sum to 1 (V3 Eq. (13); True in V3)."""
     routed_scaling_factor: float
@@ -206,7 +206,7 @@ class BalanceConfig(_Part):
     """
 
     aux_loss_alpha: float
-    """α of the expert-level balance loss (V2 α_1, Eq. (22)–(24); V3 α, Eq. (17)); 0 = no loss."""
+    """α of the balance loss (DeepSeek-V2 α_1, Eq. (23)–(25); DeepSeek-V3 α, Eq. (17)–(20)); 0 = no loss."""
     seq_aux: bool
     """True: f_i, P_i per sequence, as both papers define them (V2 Eq. (24)–(25), V3 Eq. (18)–(20)); False: over
     the whole batch (the batch-wise variant of V3 §4.5.3)."""
