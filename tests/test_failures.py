@@ -1,11 +1,11 @@
 """Bad input fails loudly: one table of every case of issue 12, item 3, each with the error it must raise.
 
-Each row is (what goes wrong, a callable that triggers it, the exception type, a message fragment). The fragment
-is a regular expression searched case-insensitively in the message; it names the field, the value, the reward
-function or the file, so the error says what to fix. The rule for types: a value the user hands in (a config
+Each row is (what goes wrong, a callable that triggers it, the exception type, a message fragment). The
+fragment is a regular expression searched case-insensitively in the message; it names the field, the value,
+the reward function or the file, so the error says what to fix. The rule for types: a value the user hands in (a config
 field, tokens, a temperature, a reward, a file) raises ``ValueError``, or ``TypeError`` when its type is wrong
 (config type errors are ``minimoe.config.ConfigTypeError``, both a ``TypeError`` and a ``ValueError``); a
-non-finite number that appears during a computation (a loss, a gradient, logits) raises ``FloatingPointError``.
+non-finite number that appears in a computation (a loss, a gradient, logits) raises ``FloatingPointError``.
 An empty batch is not an error: it has a defined result, checked by the assertions after the table.
 """
 
@@ -26,6 +26,7 @@ from minimoe.generate import generate
 from minimoe.model import Transformer
 
 NAN, INF = float("nan"), float("inf")
+YARN_FACTOR, SCALING = r"rope_scaling.*factor", "routed_scaling_factor"  # fragments of the config rows
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,11 @@ def _grpo_step(reward_fn: Callable) -> object:
 
     tok = CharTokenizer()
     torch.manual_seed(0)
-    policy = Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=tok.vocab_size, max_position_embeddings=96))
-    cfg = GRPOConfig(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=4, progress=False, eval_every=0)
-    return GRPOTrainer(policy, tok, ArithmeticTask(), reward_fn, cfg).train_step()
+    cfg = ModelConfig.from_preset("tiny-v3", vocab_size=tok.vocab_size, max_position_embeddings=96)
+    policy = Transformer(cfg)
+    grpo = GRPOConfig(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=4, progress=False,
+                      eval_every=0)
+    return GRPOTrainer(policy, tok, ArithmeticTask(), reward_fn, grpo).train_step()
 
 
 def nan_reward(completions, problems):
@@ -161,7 +164,8 @@ CASES = [
     # training (rewards, losses, gradients): the error names the reward function or the step
     Case("a NaN reward", lambda _: _grpo_step(nan_reward), ValueError, "nan_reward"),
     Case("a +inf reward", lambda _: _grpo_step(inf_reward), ValueError, "inf_reward"),
-    Case("a -inf reward among finite ones", lambda _: _grpo_step(minus_inf_reward), ValueError, "minus_inf_reward"),
+    Case("a -inf reward among finite ones", lambda _: _grpo_step(minus_inf_reward), ValueError,
+         "minus_inf_reward"),
     Case("a reward function returning the wrong length", lambda _: _grpo_step(short_reward), ValueError,
          "short_reward"),
     Case("a non-finite loss", _nan_loss, FloatingPointError, r"loss.*step|step.*loss"),
@@ -173,7 +177,8 @@ CASES = [
     Case("an empty checkpoint file", _empty_file, ValueError, r"ckpt\.pt.*empty|empty.*ckpt\.pt"),
     # forward and generation
     Case("uint8 tokens", lambda _: _moe_model()(torch.ones(1, 4, dtype=torch.uint8)), ValueError, "uint8"),
-    Case("greedy generate with NaN weights", _nan_weights_greedy, FloatingPointError, r"nan|non-finite|not finite"),
+    Case("greedy generate with NaN weights", _nan_weights_greedy, FloatingPointError,
+         r"nan|non-finite|not finite"),
     Case("temperature NaN", lambda _: generate(_moe_model(), [[1, 2, 3]], max_new_tokens=2, temperature=NAN),
          ValueError, "temperature"),
     # config: the field is named
@@ -184,11 +189,11 @@ CASES = [
     Case("n_shared_experts None", _config(n_shared_experts=None), TypeError, "n_shared_experts"),
     Case("n_group as a string", _config(n_group="4"), TypeError, "n_group"),
     Case("n_group None", _config(n_group=None), TypeError, "n_group"),
-    Case("the YaRN factor as a string", _config(rope_scaling=_yarn(factor="4")), TypeError, r"rope_scaling.*factor"),
-    Case("the YaRN factor None", _config(rope_scaling=_yarn(factor=None)), TypeError, r"rope_scaling.*factor"),
+    Case("the YaRN factor as a string", _config(rope_scaling=_yarn(factor="4")), TypeError, YARN_FACTOR),
+    Case("the YaRN factor None", _config(rope_scaling=_yarn(factor=None)), TypeError, YARN_FACTOR),
     Case("qk_rope_head_dim=0 with MLA", _config(qk_rope_head_dim=0), ValueError, "qk_rope_head_dim"),
-    Case("routed_scaling_factor=inf", _config(routed_scaling_factor=INF), ValueError, "routed_scaling_factor"),
-    Case("routed_scaling_factor=NaN", _config(routed_scaling_factor=NAN), ValueError, "routed_scaling_factor"),
+    Case("routed_scaling_factor=inf", _config(routed_scaling_factor=INF), ValueError, SCALING),
+    Case("routed_scaling_factor=NaN", _config(routed_scaling_factor=NAN), ValueError, SCALING),
     Case("True as a float field", _config(aux_loss_alpha=True), TypeError, "aux_loss_alpha"),
 ]
 
