@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # when it is unavailable, `torch>=2.4` resolves as usual. The pin lives here, never in pyproject.toml.
 TORCH_PREFERRED ?= torch==2.13.0
 
-.PHONY: help install test test-fast book lab bench clean browser-deps grading-deps
+.PHONY: help install test test-fast book lab bench clean browser-deps grading-deps repository
 
 help:
 	@echo "make book   execute every chapter and build the site into book/_build/html"
@@ -54,6 +54,10 @@ browser-deps:
 LAB_DIR ?= lab
 NBGRADER_OFF := {'nbgrader.server_extensions.formgrader': False, 'nbgrader.server_extensions.assignment_list': False, \
 	'nbgrader.server_extensions.course_list': False, 'nbgrader.server_extensions.validate_assignment': False}
+# Name the course's public repository: `make repository URL=https://github.com/<owner>/minimoe` (book/repository.py).
+repository:
+	$(PY) book/repository.py "$(URL)"
+
 lab: $(STAMP)
 	@mkdir -p $(LAB_DIR)
 	@for nb in notebooks/*.ipynb; do copy=$(LAB_DIR)/$$(basename $$nb); \

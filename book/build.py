@@ -19,8 +19,8 @@ Usage: `python book/build.py [--book DIR]`.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import datetime as dt
+import fcntl
 import json
 import os
 import re
@@ -211,17 +211,6 @@ def chapter_timings(book: Path, since: dt.datetime, failed: set[str]) -> list[tu
 
 
 ARCHIVE = "minimoe-notebooks.zip"
-INSTALL_CELL = """\
-# Installs minimoe where it is missing (Colab, a hub, a fresh Python); does nothing where the course is installed.
-import importlib.util
-import subprocess
-import sys
-
-if importlib.util.find_spec("minimoe") is None:
-    SOURCE = {source!r}
-    if not SOURCE:
-        raise RuntimeError("minimoe is not installed: pip install the course's repository, see README.txt")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", SOURCE], check=True)"""
 ARCHIVE_README = """\
 minimoe: DeepSeek's ideas from first principles, version {version}
 ====================================================================
@@ -244,13 +233,13 @@ def repository_url(book: Path) -> str:
     return ((config.get("repository") or {}).get("url") or "").strip()
 
 
-def archive_notebook(nb, source: str):
+def archive_notebook(nb, url: str):
     """An executed chapter as handed to students: the install cell first, no execution metadata."""
     import nbformat
+    from repository import CELL_ID, install_cell
 
-    cell = nbformat.v4.new_code_cell(INSTALL_CELL.format(source=source), metadata={"tags": ["remove-cell"]})
-    cell.id = "install-minimoe"
-    nb.cells.insert(0, cell)
+    nb.cells = [c for c in nb.cells if c.get("id") != CELL_ID]
+    nb.cells.insert(0, nbformat.from_dict(install_cell(url)))
     for code in nb.cells:
         code.metadata.pop("execution", None)
         if code.cell_type == "code":
@@ -274,7 +263,6 @@ def write_archive(book: Path, html: Path) -> Path | None:
         return None
     cache = get_cache(cache_dir)
     url = repository_url(book)
-    source = f"minimoe[course] @ git+{url.rstrip('/')}" if url else ""
     where = f" (from {url})" if url else ""
     try:
         version = re.search(r'^version\s*=\s*"([^"]+)"', (book.parent / "pyproject.toml").read_text(),
@@ -292,7 +280,7 @@ def write_archive(book: Path, html: Path) -> Path | None:
             except KeyError:
                 partial.unlink()
                 return None
-            text = nbformat.writes(archive_notebook(nb, source)) + "\n"
+            text = nbformat.writes(archive_notebook(nb, url)) + "\n"
             archive.writestr(zipfile.ZipInfo(f"minimoe-notebooks/{path.name}", fixed_time), text)
         archive.writestr(zipfile.ZipInfo("minimoe-notebooks/README.txt", fixed_time),
                          ARCHIVE_README.format(version=version, where=where))

@@ -10,6 +10,7 @@ import fnmatch
 import functools
 import http.server
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -125,6 +126,26 @@ def test_launch_links_open_the_notebooks_folder_not_the_ignored_symlink():
     book_extension().point_launch_links_at_notebooks(app, "chapters/00_x", "page.html", context, None)
     urls = [button["url"] for button in context["header_buttons"][0]["buttons"]]
     assert urls == [binder.replace("book/chapters/", "notebooks/"), colab.replace("book/chapters/", "notebooks/")]
+
+
+def test_every_chapter_installs_minimoe_from_the_configured_repository(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("repository", BOOK / "repository.py")
+    repository = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repository)
+    assert repository.problems() == []  # as committed: every chapter agrees with book/_config.yml
+    # Naming a repository rewrites the config and every chapter's install cell, in a copy of both.
+    (tmp_path / "book").mkdir()
+    shutil.copy(BOOK / "_config.yml", tmp_path / "book" / "_config.yml")
+    shutil.copytree(BOOK.parent / "notebooks", tmp_path / "notebooks")
+    monkeypatch.setattr(repository, "ROOT", tmp_path)
+    monkeypatch.setattr(repository, "CONFIG", tmp_path / "book" / "_config.yml")
+    repository.set_url("https://github.com/owner/minimoe")
+    assert repository.configured_url() == "https://github.com/owner/minimoe" and repository.problems() == []
+    first = "".join(json.loads((tmp_path / "notebooks" / f"{chapter_stems()[0]}.ipynb").read_text())["cells"][1]
+                    ["source"])
+    assert "'minimoe @ git+https://github.com/owner/minimoe'" in first
+    with pytest.raises(SystemExit, match="must look like"):
+        repository.set_url("not a url")
 
 
 def test_tagged_multiline_equations_are_not_wrapped_in_split():
