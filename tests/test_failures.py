@@ -3,8 +3,8 @@
 Each row is (what goes wrong, a callable that triggers it, the exception type, a message fragment). The
 fragment is a regular expression searched case-insensitively in the message; it names the field, the value,
 the reward function or the file, so the error says what to fix. The rule for types: a value the user hands in
-(a config field, tokens, a temperature, a reward, a file) raises ``ValueError``, or ``TypeError`` when its type
-is wrong (config type errors are ``minimoe.config.ConfigTypeError``, both a ``TypeError`` and a
+(a config field, tokens, a temperature, a reward, a file) raises ``ValueError``, or ``TypeError`` when its
+type is wrong (config type errors are ``minimoe.config.ConfigTypeError``, both a ``TypeError`` and a
 ``ValueError``); a non-finite number that appears in a computation (a loss, a gradient, logits) raises
 ``FloatingPointError``. An empty batch is not an error: it has a defined result, checked after the table.
 """
