@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer
 from minimoe.rl import accuracy_reward
-from minimoe.rl.demo import CHECKPOINT, TASK, addition_trace, make_trainer, sft_examples
+from minimoe.rl.demo import addition_task, addition_trace, load_sft_policy, make_trainer, sft_examples
 from minimoe.rl.rollout import completion_logprobs, concat_rollouts, rollout_logprobs, sample_groups
 from minimoe.rl.trainer import GRPOConfig, GRPOTrainer, load_grpo_checkpoint
 from minimoe.tasks import ArithmeticTask, CharTokenizer
-from minimoe.train import load_checkpoint
+from minimoe.checkpoint import CheckpointError
 
 TOK = CharTokenizer()
 
@@ -71,7 +71,7 @@ def test_completion_logprobs_equal_manual_gather_of_log_softmax():
         n = int(rollout.lengths[row])
         completion = rollout.completion_ids[row, :n]
         with torch.no_grad():
-            logits = policy(torch.cat([prompt, completion])[None])[0, len(prompt) - 1:-1] / 0.7  # (n, V)
+            logits = policy(torch.cat([prompt, completion])[None]).logits[0, len(prompt) - 1:-1] / 0.7  # (n, V)
         log_p = F.log_softmax(logits, dim=-1)
         torch.testing.assert_close(logprobs[row, :n], log_p.gather(-1, completion[:, None]).squeeze(-1))
         torch.testing.assert_close(entropy[row, :n], -(log_p.exp() * log_p).sum(-1))
@@ -116,7 +116,7 @@ def test_bad_settings_raise_clear_errors(field, value, message):
 def test_trainer_rejects_a_tokenizer_larger_than_the_model():
     policy = Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=40))
     with pytest.raises(ValueError, match="vocab_size"):
-        GRPOTrainer(policy, TOK, TASK, accuracy_reward, GRPOConfig())
+        GRPOTrainer(policy, TOK, addition_task(), accuracy_reward, GRPOConfig())
 
 
 # ---------------------------------------------------------------- the demo's data
@@ -128,7 +128,7 @@ def test_addition_trace_is_schoolbook_addition_and_slips_only_on_carries():
     with pytest.raises(ValueError, match="slip_prob"):
         addition_trace(1, 2, slip_prob=1.5)
     rng = random.Random(0)
-    for p in TASK.sample(300, seed=1):
+    for p in addition_task().sample(300, seed=1):
         assert addition_trace(p.a, p.b)[1] == p.answer
         assert addition_trace(p.a, p.b, 1.0, rng)[1] == p.answer or p.n_carries > 0
 
@@ -155,7 +155,7 @@ def test_sft_examples_supervise_only_the_completion():
 @pytest.mark.slow  # about 12 s of CPU
 def test_short_run_from_the_shipped_checkpoint_improves_the_policy():
     """The shipped SFT policy never carries when greedy; ten GRPO steps (≈ 10 s of CPU) teach it to."""
-    policy = load_checkpoint(CHECKPOINT).model
+    policy = load_sft_policy()
     trainer = make_trainer(policy, steps=10, progress=False, seed=1)
     before = trainer.evaluate(n=64)["accuracy"]
     history = trainer.train()
@@ -194,16 +194,16 @@ def test_checkpoint_round_trip(tmp_path):
     for name, value in policy.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[name], value)
     assert [p.name for p in tmp_path.iterdir()] == ["grpo.pt"]  # no temporary file left behind
-    with pytest.raises(ValueError, match="GRPO checkpoint"):
+    with pytest.raises(CheckpointError, match="bad.pt is not a minimoe checkpoint"):
         torch.save({"format": "other"}, tmp_path / "bad.pt")
         load_grpo_checkpoint(tmp_path / "bad.pt")
+    from minimoe.checkpoint import save_checkpoint
+    with pytest.raises(CheckpointError, match="lm.pt is not a GRPO checkpoint"):
+        load_grpo_checkpoint(save_checkpoint(tmp_path / "lm.pt", policy))
 
 
 def test_a_custom_loss_fn_replaces_grpo_loss_and_may_return_only_the_loss():
-    from minimoe.rl.demo import make_trainer
     from minimoe.rl.grpo import grpo_loss
-    from minimoe.train import load_checkpoint
-    from minimoe.rl.demo import CHECKPOINT
 
     calls = []
 
@@ -211,22 +211,82 @@ def test_a_custom_loss_fn_replaces_grpo_loss_and_may_return_only_the_loss():
         calls.append(kwargs["loss_type"])
         return grpo_loss(*args, **kwargs)[0]
 
-    trainer = make_trainer(load_checkpoint(CHECKPOINT).model, loss_fn=bare_loss, steps=1, prompts_per_step=2,
+    trainer = make_trainer(load_sft_policy(), loss_fn=bare_loss, steps=1, prompts_per_step=2,
                            group_size=4, num_iterations=2, progress=False)
     metrics = trainer.train_step()
     assert calls == ["dapo", "dapo"] and math.isnan(metrics["clip_fraction"]) and math.isfinite(metrics["loss"])
     with pytest.raises(ValueError, match="scalar tensor"):
-        make_trainer(load_checkpoint(CHECKPOINT).model, loss_fn=lambda *a, **k: 0.0, steps=1, prompts_per_step=2,
+        make_trainer(load_sft_policy(), loss_fn=lambda *a, **k: 0.0, steps=1, prompts_per_step=2,
                      group_size=4, progress=False).train_step()
 
 
 def test_dynamic_sampling_drops_groups_of_equal_non_integer_rewards():
-    from minimoe.rl.demo import CHECKPOINT, make_trainer
-    from minimoe.train import load_checkpoint
-
     constant = lambda completions, problems: torch.full((len(completions),), 0.1)  # noqa: E731
-    trainer = make_trainer(load_checkpoint(CHECKPOINT).model, steps=1, prompts_per_step=2, group_size=4,
+    trainer = make_trainer(load_sft_policy(), steps=1, prompts_per_step=2, group_size=4,
                            dynamic_sampling=True, max_sampling_rounds=2, progress=False)
     trainer.reward_fn = constant
     metrics = trainer.train_step()
     assert metrics["groups_kept"] == 0 and math.isnan(metrics["loss"])  # nothing to learn from: no update
+
+
+# ---------------------------------------------------------------- failing loudly
+
+def _one_step(reward_fn, **changes):
+    cfg = GRPOConfig(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=4, template="{question}",
+                     progress=False, **changes)
+    return GRPOTrainer(_policy(), TOK, ArithmeticTask(max_digits=1), reward_fn, cfg)
+
+
+def nan_reward(completions, problems):
+    return torch.tensor([float("nan")] + [1.0] * (len(completions) - 1))
+
+
+def short_reward(completions, problems):
+    return torch.zeros(len(completions) - 1)
+
+
+def test_a_nonfinite_reward_raises_naming_the_function_or_skips_the_step_when_asked():
+    with pytest.raises(ValueError, match="reward function nan_reward returned 1 non-finite reward.* at step 0"):
+        _one_step(nan_reward).train_step()
+    trainer = _one_step(nan_reward, on_nonfinite_reward="skip")
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    with pytest.warns(RuntimeWarning, match="nan_reward returned 1 non-finite rewards of 4; step skipped"):
+        metrics = trainer.train_step()
+    assert math.isnan(metrics["loss"]) and trainer.step == 1 and len(trainer.history) == 1
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.policy.parameters()))
+    with pytest.raises(ValueError, match="on_nonfinite_reward"):
+        GRPOConfig(on_nonfinite_reward="ignore")
+
+
+def test_a_reward_of_the_wrong_length_raises_naming_the_function():
+    with pytest.raises(ValueError, match=r"reward function short_reward returned shape \(3,\) at step 0"):
+        _one_step(short_reward).train_step()
+    from minimoe.rl import combine_rewards
+    with pytest.raises(ValueError, match="short_reward"):  # inside a sum, the failing term is named
+        _one_step(combine_rewards([(accuracy_reward, 1.0), (short_reward, 0.1)])).train_step()
+
+
+def test_the_grpo_optimizer_comes_from_the_toolkit_with_its_betas():
+    trainer = _one_step(accuracy_reward, weight_decay=0.1, betas=(0.9, 0.95))
+    groups = trainer.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and groups[0]["betas"] == (0.9, 0.95)
+    assert all(p.dim() >= 2 for p in groups[0]["params"])  # norms, biases, embeddings are not decayed
+
+
+# ---------------------------------------------------------------- the demo writes outside the package
+
+def test_the_demo_never_writes_into_the_package(tmp_path, monkeypatch):
+    from minimoe.rl import demo
+
+    monkeypatch.setenv("MINIMOE_HOME", str(tmp_path))
+    assert demo.user_checkpoint() == tmp_path / "sft_addition.pt"
+    assert demo.shipped_checkpoint().parent.name == "checkpoints"
+    shipped = demo.shipped_checkpoint().read_bytes()
+    with pytest.raises(SystemExit):
+        demo.main(["sft", "--checkpoint", str(demo.shipped_checkpoint()), "--sft-steps", "1"])
+    with pytest.raises(SystemExit):
+        demo.main(["all", "--ship"])
+    demo.main(["sft", "--sft-steps", "1", "--seed", "0"])
+    assert (tmp_path / "sft_addition.pt").exists() and demo.shipped_checkpoint().read_bytes() == shipped
+    assert demo.grpo_settings() is not demo.grpo_settings()  # a fresh dict: no module global to mutate
+    assert demo.addition_task() is not demo.addition_task()

@@ -49,6 +49,37 @@ def format_reward(completions: Sequence[str], problems: Sequence[Checkable] | No
     return torch.tensor([float(parse_completion(c).well_formed) for c in completions], dtype=torch.float32)
 
 
+def reward_name(fn: object) -> str:
+    """How error messages name a reward function: its ``__name__``, else its repr."""
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+def checked_rewards(fn: RewardFn, completions: Sequence[str], problems: Sequence[Checkable], *,
+                    step: int | None = None, nonfinite: str = "raise") -> torch.Tensor:
+    """``fn(completions, problems)`` as a float32 tensor (N,), checked. Anything but N numbers raises ``ValueError``
+    naming ``fn``; so does a NaN or ±inf reward (a value the user's function hands in, hence ``ValueError``), unless
+    ``nonfinite="keep"``, which returns it for the caller to handle (``GRPOConfig(on_nonfinite_reward="skip")``).
+
+    Shapes: completions: N strings, problems: N problems -> (N,) float32
+    """
+    where = f" at step {step}" if step is not None else ""
+    raw = fn(completions, problems)
+    try:
+        rewards = torch.as_tensor(raw, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"reward function {reward_name(fn)} must return {len(completions)} numbers{where}, got "
+                         f"{type(raw).__name__}: {e}") from e
+    if rewards.shape != (len(completions),):
+        raise ValueError(f"reward function {reward_name(fn)} returned shape {tuple(rewards.shape)}{where}; it must "
+                         f"return one reward per completion: shape ({len(completions)},)")
+    if nonfinite == "raise" and not torch.isfinite(rewards).all():
+        bad = rewards[~torch.isfinite(rewards)]
+        raise ValueError(f"reward function {reward_name(fn)} returned {bad.numel()} non-finite reward(s) "
+                         f"({bad[0].item()} first){where}; fix it, or skip such steps with "
+                         "GRPOConfig(on_nonfinite_reward='skip')")
+    return rewards
+
+
 class CombinedReward:
     """Σ_k w_k · fn_k(completions, problems), e.g. R1-Zero's accuracy + format reward.
 
@@ -69,8 +100,8 @@ class CombinedReward:
     def __call__(self, completions: Sequence[str], problems: Sequence[Checkable]) -> torch.Tensor:
         _check_lengths(completions, problems)
         total = torch.zeros(len(completions), dtype=torch.float32)
-        for fn, weight in self.terms:
-            total += weight * torch.as_tensor(fn(completions, problems), dtype=torch.float32)
+        for fn, weight in self.terms:  # each term checked, so an error names the term, not the sum
+            total += weight * checked_rewards(fn, completions, problems, nonfinite="keep")
         return total
 
     def __repr__(self) -> str:

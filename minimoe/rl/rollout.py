@@ -153,8 +153,8 @@ def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask:
         prompt_ids, prompt_mask: (B, P); completion_ids, completion_mask: (B, T) -> logprobs (B, T)
         [, entropy (B, T)]
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature ({temperature}) must be > 0 to score completions")
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
+        raise ValueError(f"temperature ({temperature!r}) must be a finite number > 0 to score completions")
     if prompt_ids.shape[0] != completion_ids.shape[0] or prompt_mask.shape != prompt_ids.shape \
             or completion_mask.shape != completion_ids.shape:
         raise ValueError(f"need prompt_ids/prompt_mask (B, P) and completion_ids/completion_mask (B, T) with one B; "
@@ -165,7 +165,7 @@ def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask:
     tokens = torch.cat([prompt_ids, completion_ids], dim=1).to(device)  # (B, P + T)
     real = torch.cat([prompt_mask.bool(), completion_mask.bool()], dim=1).to(device)  # (B, P + T)
     position_ids = (real.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, P + T)
-    logits = model(tokens, position_ids=position_ids, padding_mask=real)  # (B, P + T, V)
+    logits = model(tokens, position_ids=position_ids, padding_mask=real).logits  # (B, P + T, V)
     logits = logits[:, P - 1:-1]  # (B, T, V): position P − 1 + t predicts o_t
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # at least float32
     log_probs = F.log_softmax(logits, dim=-1)  # (B, T, V)

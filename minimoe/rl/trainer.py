@@ -18,25 +18,29 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minimoe.config import ModelConfig
-from minimoe.model import Transformer
+from minimoe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minimoe.history import History
+from minimoe.optim import check_finite_loss, clip_gradients, make_optimizer, set_lr
 from minimoe.rl.grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
-from minimoe.rl.rewards import RewardFn, accuracy_reward, format_reward
+from minimoe.rl.rewards import RewardFn, accuracy_reward, checked_rewards, format_reward
 from minimoe.rl.rollout import Rollout, concat_rollouts, rollout_logprobs, sample_groups
 from minimoe.tasks.template import format_prompt
 from minimoe.tasks.tokenizer import CharTokenizer
-from minimoe.train import atomic_save
 
-CHECKPOINT_FORMAT = "minimoe-grpo-checkpoint-v1"
+NONFINITE_REWARDS = ("raise", "skip")
+LR_SCHEDULES = ("constant", "cosine")
+GRPO_METRICS = ("step", "reward", "accuracy", "format_rate", "response_length", "kl", "clip_fraction", "entropy",
+                "loss", "groups_kept", "seconds", "eval_step", "eval_accuracy")
 
 
 @dataclass
@@ -81,8 +85,19 @@ class GRPOConfig:
     warmup_steps: int = 0
     """Linear learning-rate warm-up over the first steps. Adam's first updates move every weight by about lr
     whatever the gradient's size, which on one noisy batch of rewards can undo the SFT policy."""
+    lr_schedule: str = "constant"
+    """"constant" (after the warm-up) or "cosine": after the warm-up, decay to ``min_lr_ratio · lr`` on the last of
+    ``steps`` steps, so that the policy settles instead of drifting on noisy late batches."""
+    min_lr_ratio: float = 0.1
+    """Where the "cosine" schedule ends, as a fraction of ``lr``."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """AdamW weight decay on weight matrices (``minimoe.optim.make_optimizer``: never on norms, biases, embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW (β1, β2). β2 = 0.99 (not pretraining's 0.95 or PyTorch's 0.999) lets the second-moment estimate follow
+    the step-to-step swings of a policy gradient within ~100 steps."""
+    on_nonfinite_reward: str = "raise"
+    """What a NaN or ±inf reward does: "raise" (``ValueError`` naming the reward function) or "skip" (warn
+    and skip the step: no update, its metrics recorded as NaN)."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this value; None = no clipping."""
     seed: int = 0
@@ -119,6 +134,10 @@ class GRPOConfig:
             raise ValueError(f"temperature ({self.temperature}) must be > 0: GRPO needs sampled, varied groups")
         if self.ref_reset_every is not None and not (isinstance(self.ref_reset_every, int) and self.ref_reset_every > 0):
             raise ValueError(f"ref_reset_every ({self.ref_reset_every!r}) must be a positive integer or None")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule ({self.lr_schedule!r}) must be one of {LR_SCHEDULES}")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError(f"min_lr_ratio ({self.min_lr_ratio!r}) must lie in [0, 1]")
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
             raise ValueError(f"warmup_steps ({self.warmup_steps!r}) must be a non-negative integer")
         if not (isinstance(self.eval_every, int) and self.eval_every >= 0):
@@ -129,36 +148,11 @@ class GRPOConfig:
             raise ValueError(f"weight_decay ({self.weight_decay}) must be non-negative")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip ({self.grad_clip}) must be positive or None")
+        if len(tuple(self.betas)) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas ({self.betas!r}) must be two numbers in [0, 1)")
+        if self.on_nonfinite_reward not in NONFINITE_REWARDS:
+            raise ValueError(f"on_nonfinite_reward ({self.on_nonfinite_reward!r}) must be one of {NONFINITE_REWARDS}")
         format_prompt("", self.template)  # raises a ValueError naming the template when it has no {question}
-
-
-@dataclass
-class GRPOHistory:
-    """Per-step metrics of the sampled completions (means over the step's rollouts) and of the update."""
-
-    step: list[int] = field(default_factory=list)
-    reward: list[float] = field(default_factory=list)
-    accuracy: list[float] = field(default_factory=list)
-    format_rate: list[float] = field(default_factory=list)
-    response_length: list[float] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)
-    clip_fraction: list[float] = field(default_factory=list)
-    entropy: list[float] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    groups_kept: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    eval_step: list[int] = field(default_factory=list)
-    eval_accuracy: list[float] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.step)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GRPOHistory:
-        return cls(**d)
 
 
 class GRPOTrainer:
@@ -172,7 +166,7 @@ class GRPOTrainer:
     loss alone or ``(loss, stats)``. Statistics it does not report are logged as NaN.
     """
 
-    def __init__(self, policy: Transformer, tokenizer: CharTokenizer, task: Any, reward_fn: RewardFn,
+    def __init__(self, policy: nn.Module, tokenizer: CharTokenizer, task: Any, reward_fn: RewardFn,
                  cfg: GRPOConfig, loss_fn: Callable[..., Any] | None = None) -> None:
         if tokenizer.vocab_size > policy.cfg.vocab_size:
             raise ValueError(f"the tokenizer's vocab_size ({tokenizer.vocab_size}) exceeds the policy's "
@@ -180,9 +174,8 @@ class GRPOTrainer:
         self.policy, self.tokenizer, self.task, self.reward_fn, self.cfg = policy, tokenizer, task, reward_fn, cfg
         self.loss_fn = grpo_loss if loss_fn is None else loss_fn
         self.ref = self._frozen_copy(policy)
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
-                                           weight_decay=cfg.weight_decay)
-        self.history = GRPOHistory()
+        self.optimizer = make_optimizer(policy, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.history = History(**{name: [] for name in GRPO_METRICS})
         self.step = 0
         self._draws = 0
 
@@ -212,11 +205,18 @@ class GRPOTrainer:
         n_groups = n_kept = 0
         for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
             rollout, problems = self._sample()
-            rewards = torch.as_tensor(self.reward_fn(rollout.completions, problems), dtype=torch.float32)  # (B,)
+            rewards = checked_rewards(self.reward_fn, rollout.completions, problems, step=self.step,
+                                      nonfinite="raise" if cfg.on_nonfinite_reward == "raise" else "keep")  # (B,)
             seen["reward"].append(rewards)
             seen["accuracy"].append(accuracy_reward(rollout.completions, problems))
             seen["format_rate"].append(format_reward(rollout.completions, problems))
             seen["response_length"].append(rollout.lengths)
+            if not torch.isfinite(rewards).all():  # on_nonfinite_reward="skip": no update on this step
+                warnings.warn(f"step {self.step}: reward function {_name(self.reward_fn)} returned "
+                              f"{int((~torch.isfinite(rewards)).sum())} non-finite rewards of {rewards.numel()}; "
+                              "step skipped (on_nonfinite_reward='skip')", RuntimeWarning, stacklevel=2)
+                kept, n_groups, n_kept = [], max(n_groups, 1), 0
+                break
             keep = torch.ones(len(problems) // G, dtype=torch.bool)  # (B/G,)
             if cfg.dynamic_sampling:
                 grouped = rewards.view(-1, G)  # (B/G, G)
@@ -237,13 +237,21 @@ class GRPOTrainer:
         metrics = {name: torch.cat(values).float().mean().item() for name, values in seen.items()}
         metrics.update(kl=kl, clip_fraction=clip, entropy=entropy, loss=loss_value, groups_kept=n_kept / n_groups,
                        seconds=time.perf_counter() - start)
-        self.history.step.append(self.step)
-        for name, value in metrics.items():
-            getattr(self.history, name).append(value)
+        self.history.record(step=self.step, **metrics)
         self.step += 1
         if cfg.ref_reset_every is not None and self.step % cfg.ref_reset_every == 0:
             self.ref.load_state_dict(self.policy.state_dict())
         return metrics
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of ``step``: linear warm-up over ``warmup_steps`` (step s gets (s + 1) / (warmup + 1) of
+        ``lr``), then constant or a cosine decay to ``min_lr_ratio · lr`` on step ``steps − 1``."""
+        cfg = self.cfg
+        lr = cfg.lr * min(1.0, (step + 1) / (cfg.warmup_steps + 1))
+        if cfg.lr_schedule == "cosine" and step >= cfg.warmup_steps:
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - 1 - cfg.warmup_steps))
+            lr *= cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr
 
     def _update(self, kept: list[tuple[Rollout, torch.Tensor]]) -> tuple[float, float, float, float]:
         cfg = self.cfg
@@ -253,8 +261,7 @@ class GRPOTrainer:
         with torch.no_grad():
             ref_logprobs = rollout_logprobs(self.ref, rollout, temperature=cfg.temperature)  # (B, T)
         self.policy.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (self.step + 1) / (cfg.warmup_steps + 1))
+        set_lr(self.optimizer, self.lr_at(self.step))
         old_logprobs, losses, clips = None, [], []
         for iteration in range(cfg.num_iterations):
             logprobs, entropy = rollout_logprobs(self.policy, rollout, temperature=cfg.temperature,
@@ -271,15 +278,16 @@ class GRPOTrainer:
                 raise ValueError("loss_fn must return a scalar tensor that depends on logprobs (or (loss, stats))")
             if iteration == 0:
                 first_kl = float(stats.get("kl", math.nan))
+            check_finite_loss(loss, self.step, f"pass {iteration} of the GRPO update")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip or math.inf)
+            clip_gradients(self.policy, cfg.grad_clip, self.step)
             self.optimizer.step()
             losses.append(loss.item())
             clips.append(float(stats.get("clip_region", math.nan)))
         return sum(losses) / len(losses), first_kl, sum(clips) / len(clips), first_entropy
 
-    def train(self, steps: int | None = None) -> GRPOHistory:
+    def train(self, steps: int | None = None) -> History:
         """Run `steps` (default ``cfg.steps``) GRPO steps with a progress bar; returns the history."""
         steps = self.cfg.steps if steps is None else steps
         bar = tqdm(range(steps), desc="grpo", disable=not self.cfg.progress)
@@ -303,16 +311,14 @@ class GRPOTrainer:
                                batch_size=batch_size)
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write policy config and weights, the GRPOConfig, optimiser state and history atomically to `path`."""
-        payload = {"format": CHECKPOINT_FORMAT, "model_config": self.policy.cfg.to_dict(),
-                   "model_state": self.policy.state_dict(), "grpo_config": dataclasses.asdict(self.cfg),
-                   "optimizer_state": self.optimizer.state_dict(), "history": self.history.to_dict(),
-                   "step": self.step}
-        return atomic_save(payload, path)
+        """Write policy config and weights, optimiser state, step, history and the GRPOConfig atomically to `path`
+        (the ``minimoe.checkpoint`` format)."""
+        return save_checkpoint(path, self.policy, self.optimizer, self.history, step=self.step,
+                               extra={"grpo_config": dataclasses.asdict(self.cfg)})
 
 
 @torch.no_grad()
-def evaluate_policy(model: Transformer, tokenizer: CharTokenizer, task: Any, *, template: str = "compact",
+def evaluate_policy(model: nn.Module, tokenizer: CharTokenizer, task: Any, *, template: str = "compact",
                     max_new_tokens: int = 64, split: str = "heldout", n: int = 100, seed: int = 0,
                     batch_size: int = 256) -> dict[str, float]:
     """Greedy decoding on `n` problems of `split`: exact-match accuracy (the checked `<answer>`), format rate and
@@ -333,19 +339,23 @@ def evaluate_policy(model: Transformer, tokenizer: CharTokenizer, task: Any, *, 
 class GRPOCheckpoint(NamedTuple):
     """What ``load_grpo_checkpoint`` returns."""
 
-    model: Transformer
+    model: nn.Module
     config: GRPOConfig
-    history: GRPOHistory
+    history: History
     optimizer_state: dict[str, Any]
     step: int
 
 
 def load_grpo_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> GRPOCheckpoint:
     """Rebuild the policy, its GRPOConfig and history from a ``GRPOTrainer.save_checkpoint`` file."""
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
-        raise ValueError(f"{path} is not a minimoe GRPO checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    model = Transformer(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["model_state"])
-    return GRPOCheckpoint(model, GRPOConfig(**payload["grpo_config"]), GRPOHistory.from_dict(payload["history"]),
-                          payload["optimizer_state"], payload["step"])
+    ckpt = load_checkpoint(path, map_location)
+    if "grpo_config" not in ckpt.extra:
+        raise CheckpointError(f"checkpoint {path} is not a GRPO checkpoint (no GRPOConfig inside; load it with "
+                              "minimoe.checkpoint.load_checkpoint)")
+    settings = dict(ckpt.extra["grpo_config"])
+    settings["betas"] = tuple(settings.get("betas", (0.9, 0.99)))
+    return GRPOCheckpoint(ckpt.model, GRPOConfig(**settings), ckpt.history, ckpt.optimizer_state, ckpt.step)
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or repr(fn)
