@@ -35,7 +35,12 @@ def mla_absorbed_scores(q_latent: torch.Tensor, q_rope: torch.Tensor, c_kv: torc
     Shapes:
         q_latent: (B, T, H, d_c); q_rope: (B, T, H, r); c_kv: (B, S, d_c); k_rope: (B, S, r); returns (B, H, T, S).
     """
-    return torch.einsum("bthc,bsc->bhts", q_latent, c_kv) + torch.einsum("bthr,bsr->bhts", q_rope, k_rope)
+    B, T, H, _ = q_latent.shape
+    # every head meets the same latent keys: fold heads into the query rows, one (H·T × d) @ (d × S) per row
+    q_c = q_latent.transpose(1, 2).reshape(B, H * T, -1)  # (B, H·T, d_c)
+    q_r = q_rope.transpose(1, 2).reshape(B, H * T, -1)  # (B, H·T, r)
+    scores = torch.baddbmm(q_r @ k_rope.transpose(1, 2), q_c, c_kv.transpose(1, 2))  # (B, H·T, S)
+    return scores.view(B, H, T, -1)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -137,7 +142,7 @@ class MultiHeadLatentAttention(nn.Module):
         w_ukv = self.wkv_b.weight.view(self.n_heads, n + self.v_head_dim, self.kv_lora_rank)  # (H, n+v, d_c)
         w_uk, w_uv = w_ukv[:, :n], w_ukv[:, n:]  # (H, n, d_c), (H, v, d_c)
         # App. C: fold W^UK into the query, q_latent_{t,i} = W^UKᵀ_i q^C_{t,i}
-        q_latent = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, d_c)
+        q_latent = (q_nope.transpose(1, 2) @ w_uk).transpose(1, 2)  # (B, T, H, d_c)
         if cache is not None:
             full = cache.append(c_kv=c_kv, k_rope=k_rope)
             c_kv, k_rope = full["c_kv"], full["k_rope"]  # (B, S, d_c), (B, S, r)
@@ -147,5 +152,6 @@ class MultiHeadLatentAttention(nn.Module):
             mask = causal_allowed(scores.shape[0], T, S - T, scores.device)  # (B, T, S)
         probs = scores.softmax(dim=-1) if mask is None else masked_softmax(scores, mask[:, None])  # (B, H, T, S)
         # Σ_s p_s v^C_{s,i} = W^UV_i Σ_s p_s c^KV_s: weight the latents, then expand once per query
-        o_latent = torch.einsum("bhts,bsc->bthc", probs, c_kv)  # (B, T, H, d_c)
-        return torch.einsum("bthc,hvc->bthv", o_latent, w_uv)  # (B, T, H, v)
+        B, H = probs.shape[:2]
+        o_latent = (probs.reshape(B, H * T, S) @ c_kv).view(B, H, T, -1)  # (B, H, T, d_c)
+        return (o_latent @ w_uv.transpose(1, 2)).transpose(1, 2)  # (B, T, H, v)
