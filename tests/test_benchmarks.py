@@ -40,3 +40,10 @@ def test_grpo_demo_quick():
     result = run_script("grpo_demo.py", "--quick")
     assert result.returncode == 0, result.stderr
     assert "held-out exact match" in result.stdout and "GRPO:" in result.stdout
+
+
+@pytest.mark.slow
+def test_model_speed_quick():
+    result = run_script("model_speed.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    assert "prefill: minimoe takes" in result.stdout and "decode: minimoe takes" in result.stdout
