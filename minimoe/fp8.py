@@ -129,7 +129,7 @@ def fake_quantize(x: torch.Tensor, fmt: str = "e4m3", block: tuple[int, int] | N
     return dequantize(*quantize(x, fmt, block), block)
 
 
-# ---------------------------------------------------------------- the GEMM: accumulation precision (§3.3.2)
+# ---------------------------------------------------------------- the GEMM: accumulation precision (DeepSeek-V3 §3.3.2)
 def round_to_bits(x: torch.Tensor, bits: int, rounding: str = "nearest") -> torch.Tensor:
     """Round to ``bits`` significant bits (the leading one included): ``"nearest"`` (ties to even) or
     ``"truncate"`` (toward zero: the low bits are dropped, as when an adder shifts them out).
@@ -194,7 +194,7 @@ class _FP8LinearFunction(torch.autograd.Function):
 
     Fprop: x in 1×b tiles, W in b×b blocks. Dgrad (dL/dx = dL/dy · W): dL/dy in 1×b tiles along the output
     features, the same quantised W (a b×b block is a block of Wᵀ too). Wgrad (dL/dW = dL/dyᵀ · x): the FP8 copy of x
-    kept from the forward (V3 caches activations in FP8, §3.3.3) and the quantised dL/dy. A real kernel needs the
+    kept from the forward (V3 §3.3.3 caches activations in FP8) and the quantised dL/dy. A real kernel needs the
     scales along the reduction dimension and so re-quantises x and dL/dy in 128×1 tiles for Wgrad (V3 §3.5.2);
     here the product runs on dequantised values, so the tiles only decide the rounding, and the 1×b ones are reused.
     """
