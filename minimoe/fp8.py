@@ -2,9 +2,9 @@
 
 DeepSeek-V3 §3.3 trains in FP8: the three GEMMs of every linear layer (Fprop, Dgrad, Wgrad; Figure 6) take FP8
 inputs, while the embedding, output head, MoE gating, normalisations and attention stay in BF16/FP32. What makes
-it work is *fine-grained* scaling (§3.3.2): one scale per 1×128 tile of activations (per token per 128 channels)
-and per 128×128 block of weights, each the tile's max-abs divided by the format's largest value, so one outlier
-spoils only its own tile; and *increased accumulation precision*: the tensor cores of the H800 keep about 14 bits
+it work is *fine-grained* scaling (DeepSeek-V3 §3.3.2): one scale per 1×128 tile of activations (per token per
+128 channels) and per 128×128 block of weights, each the tile's max-abs divided by the format's largest value, so
+one outlier spoils only its own tile; and *increased accumulation precision*: the tensor cores of the H800 keep about 14 bits
 of the running sum, so partial sums are promoted to FP32 every N_C = 128 elements of the inner dimension.
 
 This module reproduces all of it on a CPU with torch's ``float8_e4m3fn`` / ``float8_e5m2`` casts. The matrix
