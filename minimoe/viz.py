@@ -240,6 +240,19 @@ def plot_routing_heatmap(scores, indices, *, n_group: int = 1, allowed=None, tit
     return ax
 
 
+def plot_routing_record(record, row: int = 0, *, n_group: int = 1, ax: Axes | None = None) -> Axes:
+    """``plot_routing_heatmap`` of one sequence of a model's forward: ``ModelOutput.routing[i]`` holds the
+    selection scores, the chosen experts and the group mask, so nothing is recomputed here.
+
+    Shapes: record tensors (B, T, ·); plots row ``row``: T tokens × E experts.
+    """
+    allowed = None if record.group_mask is None else record.group_mask[row]  # (T, E)
+    scores = record.selection_scores[row].detach().float()  # (T, E), −inf outside the kept groups
+    scores = scores.masked_fill(scores == float("-inf"), float("nan"))  # blank cells under the grey overlay
+    return plot_routing_heatmap(scores, record.experts[row], n_group=n_group, allowed=allowed,
+                                title=f"layer {record.layer}, sequence {row}", ax=ax)
+
+
 def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 2):
     """Map a batch of tokens to experts: sliders for top-k, a selection bias on one expert, the number of groups
     and of kept groups, and a dropdown between DeepSeek-V2's softmax router and DeepSeek-V3's sigmoid router.

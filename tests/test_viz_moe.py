@@ -60,3 +60,14 @@ def test_explorer_softmax_ignores_the_bias_and_rejects_too_few_experts(logits, c
     explorer.update()
     assert "k (3) must be <= topk_group × experts per group (1 × 2)" in capsys.readouterr().out
     plt.close("all")
+
+
+def test_plot_routing_record_draws_a_forward_without_rerouting():
+    import matplotlib
+    matplotlib.use("Agg")
+    import minimoe
+    from minimoe.viz import plot_routing_record
+    cfg = minimoe.ModelConfig.from_preset("tiny-v3", n_group=4, topk_group=2)
+    out = minimoe.Transformer(cfg)(torch.randint(0, cfg.vocab_size, (2, 5)))
+    ax = plot_routing_record(out.routing[0], row=1, n_group=4)
+    assert len(ax.patches) == 5 * cfg.num_experts_per_tok  # one box per selected (token, expert)
