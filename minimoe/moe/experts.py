@@ -87,7 +87,9 @@ def sort_by_expert(indices: torch.Tensor, n_experts: int,
     if keep is not None:
         flat_expert = flat_expert.masked_fill(~keep.reshape(-1), n_experts)
     counts = torch.bincount(flat_expert, minlength=n_experts + 1)[:n_experts]  # (E,)
-    order = flat_expert.argsort(stable=True)[:int(counts.sum())]  # (M,)
+    order = flat_expert.argsort(stable=True)  # (N·K,)
+    if keep is not None:
+        order = order[:int(counts.sum())]  # (M,): cut the dropped ones off (a host sync only when dropping)
     return order, counts
 
 
