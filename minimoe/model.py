@@ -60,9 +60,13 @@ class Block(nn.Module):
         else:
             self.ffn = MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None,
                 cache: LayerCache | None = None) -> tuple[torch.Tensor, RoutingRecord | None]:
-        """Shapes: x (B, T, D), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
+        """The layer's output and its routing. ``cos_sin`` and ``mask`` come from ``Transformer.forward``; without
+        them (a block called on its own) the attention uses positions ``len(cache) + arange(T)`` and a causal mask.
+
+        Shapes: x (B, T, D), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
         -> (B, T, D) and the MoE layer's RoutingRecord (None for a dense FFN)."""
         x = x + self.attn(self.attn_norm(x), cache=cache, cos_sin=cos_sin, mask=mask)
         if isinstance(self.ffn, DeepSeekMoE):
