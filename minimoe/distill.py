@@ -13,10 +13,27 @@ The comparison of both with RL on the student itself is chapter 8.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
 
-__all__ = ["DIRECTIONS", "kd_loss"]
+from minimoe.config import ModelConfig
+from minimoe.history import History
+from minimoe.optim import check_finite_loss, clip_gradients, make_optimizer, set_lr, warmup_cosine
+from minimoe.rl.rewards import accuracy_reward, format_reward
+from minimoe.rl.rollout import sample_groups
+from minimoe.tasks.sequences import IGNORE_INDEX
+from minimoe.tasks.template import format_prompt
+from minimoe.tasks.tokenizer import CharTokenizer
+
+__all__ = ["DIRECTIONS", "KDConfig", "Traces", "cpu_seconds", "distill_logits", "kd_loss", "rejection_sample",
+           "steps_for_budget", "student_config"]
 
 DIRECTIONS = ("forward", "reverse")
 """``forward`` = KL(teacher ‖ student) (mass-covering); ``reverse`` = KL(student ‖ teacher) (mode-seeking)."""
@@ -67,3 +84,162 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
         kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (B, T) KL(q ‖ p)
     n_tokens = mask.sum().clamp(min=1)
     return (kl * mask).sum() / n_tokens * temperature**2
+
+
+@dataclass
+class Traces:
+    """Teacher completions kept by rejection sampling, as next-token training data.
+
+    Shapes:
+        inputs (N, L) long: bos + prompt + completion (eos included), right-padded with pad, the last token dropped;
+        targets (N, L) long: the next token on completion positions, IGNORE_INDEX on the prompt and the padding;
+        completions: the N kept completions as text; n_sampled: how many were drawn before filtering.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    completions: list[str]
+    n_sampled: int
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(N, L) bool: the positions that predict a completion token (where ``kd_loss`` and SFT learn)."""
+        return self.targets != IGNORE_INDEX
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs[rows], targets[rows])``: a ``data_fn`` batch for ``minimoe.train.train``."""
+        return self.inputs[rows], self.targets[rows]
+
+
+@torch.no_grad()
+def rejection_sample(teacher: nn.Module, tokenizer: CharTokenizer, task: Any, n_prompts: int, samples_per_prompt: int,
+                     *, template: str, max_new_tokens: int, temperature: float = 1.0, seed: int = 0) -> Traces:
+    """R1's distillation data (DeepSeek-R1 §2.3.3, §2.4): sample ``samples_per_prompt`` completions of each of
+    ``n_prompts`` training problems from the teacher, keep those that are correct *and* well formatted.
+
+    DeepSeek-R1 §2.3.3 keeps only correct responses (judged by rules, or by DeepSeek-V3 for what rules cannot check)
+    and drops those with mixed languages, long paragraphs or code blocks: here the accuracy and format rewards
+    of chapter 7 are the judges. Only the "train" split is drawn, so the held-out problems stay unseen.
+    """
+    problems = task.sample(n_prompts, "train", seed=seed)
+    prompts = [tokenizer.encode(format_prompt(p.question, template), add_bos=True) for p in problems]
+    rollout = sample_groups(teacher.eval(), tokenizer, prompts, samples_per_prompt, max_new_tokens,
+                            temperature=temperature, seed=seed)
+    repeated = [p for p in problems for _ in range(samples_per_prompt)]
+    keep = (accuracy_reward(rollout.completions, repeated) == 1) & (format_reward(rollout.completions) == 1)  # (B,)
+    rows, starts = [], []
+    for i in keep.nonzero().flatten().tolist():
+        prompt = rollout.prompt_ids[i][rollout.prompt_mask[i]].tolist()
+        completion = rollout.completion_ids[i][rollout.completion_mask[i].bool()].tolist()
+        rows.append(prompt + completion)
+        starts.append(len(prompt))
+    if not rows:
+        raise ValueError(f"no teacher sample of {len(repeated)} was correct and well formatted: nothing to distil")
+    width = max(len(r) for r in rows)
+    sequences = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)  # (N, L + 1)
+    targets = torch.full((len(rows), width - 1), IGNORE_INDEX, dtype=torch.long)  # (N, L)
+    for i, (row, n_prompt) in enumerate(zip(rows, starts)):
+        sequences[i, :len(row)] = torch.tensor(row)
+        targets[i, n_prompt - 1:len(row) - 1] = sequences[i, n_prompt:len(row)]
+    kept = [rollout.completions[i] for i in keep.nonzero().flatten().tolist()]
+    return Traces(sequences[:, :-1], targets, kept, len(repeated))
+
+
+@dataclass
+class KDConfig:
+    """Settings of one logit-distillation run (``distill_logits``)."""
+
+    steps: int = 200
+    """Optimizer steps, one batch of traces each."""
+    batch_size: int = 32
+    """Sequences per batch."""
+    lr: float = 5e-3
+    """Peak learning rate (AdamW), after a linear warm-up, then a cosine decay to 0.1·lr."""
+    warmup: int = 20
+    """Warm-up steps."""
+    temperature: float = 1.0
+    """τ of ``kd_loss``."""
+    direction: str = "forward"
+    """"forward" = KL(teacher ‖ student), "reverse" = KL(student ‖ teacher)."""
+    grad_clip: float | None = 1.0
+    """Global gradient-norm clip."""
+    seed: int = 0
+    """Seeds the batch sampler."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                raise ValueError(f"{name} ({getattr(self, name)!r}) must be a positive integer")
+        if not (isinstance(self.warmup, int) and 0 <= self.warmup <= self.steps):
+            raise ValueError(f"warmup ({self.warmup!r}) must be an integer between 0 and steps ({self.steps})")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction ({self.direction!r}) must be one of {DIRECTIONS}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature ({self.temperature!r}) must be positive")
+
+
+def distill_logits(student: nn.Module, teacher: nn.Module, traces: Traces, cfg: KDConfig) -> History:
+    """Train ``student`` in place to match ``teacher``'s next-token distributions on the traces' completion tokens.
+
+    The teacher's logits are computed once, up front (offline distillation: the teacher runs once per trace,
+    not once per step); each step then minimises ``kd_loss`` (+ the student's balance loss, and its
+    auxiliary-loss-free bias update, as ``minimoe.train.train`` does). Returns a History of step, loss, lr.
+
+    Shapes: traces.inputs (N, L); teacher logits (N, L, V), V shared by teacher and student (one tokenizer).
+    """
+    if teacher.cfg.vocab_size != student.cfg.vocab_size:
+        raise ValueError(f"teacher vocab_size ({teacher.cfg.vocab_size}) must equal the student's "
+                         f"({student.cfg.vocab_size}): logit distillation needs one tokenizer")
+    with torch.no_grad():
+        teacher_logits = teacher.eval()(traces.inputs).logits  # (N, L, V)
+    mask = traces.mask  # (N, L)
+    student.train()
+    optimizer = make_optimizer(student, cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history = History(step=[], loss=[], lr=[])
+    bar = tqdm(range(cfg.steps), desc="kd", disable=not cfg.progress)
+    for step in bar:
+        lr = warmup_cosine(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps)
+        set_lr(optimizer, lr)
+        rows = torch.randint(0, len(traces.inputs), (cfg.batch_size,), generator=generator)
+        out = student(traces.inputs[rows])
+        loss = kd_loss(out.logits, teacher_logits[rows], mask[rows], temperature=cfg.temperature,
+                       direction=cfg.direction) + out.aux_loss
+        check_finite_loss(loss, step, f"lower lr ({cfg.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(student, cfg.grad_clip, step)
+        optimizer.step()
+        with torch.no_grad():
+            student.update_routing_bias(out.routing)
+        history.record(step=step, loss=loss.item(), lr=lr)
+        if step % 10 == 0:
+            bar.set_postfix(kd=f"{loss.item():.3f}")
+    return history
+
+
+def cpu_seconds(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), CPU seconds it took)``: this process's CPU time (``time.process_time``), which on a shared machine
+    does not count other people's work the way the wall clock does."""
+    start = time.process_time()
+    result = fn()
+    return result, time.process_time() - start
+
+
+def steps_for_budget(budget_s: float, seconds_per_step: float, *, minimum: int = 1) -> int:
+    """How many steps of ``seconds_per_step`` fit in ``budget_s`` CPU seconds (at least ``minimum``)."""
+    if not seconds_per_step > 0:
+        raise ValueError(f"seconds_per_step ({seconds_per_step!r}) must be positive")
+    return max(minimum, int(budget_s // seconds_per_step))
+
+
+def student_config(vocab_size: int, max_position_embeddings: int = 128) -> ModelConfig:
+    """Chapter 8's student: the teacher's architecture (``tiny-v3``: MLA, a dense first layer, then DeepSeekMoE
+    with a shared expert) at half the width, with half the heads and half the routed experts; about 4× fewer
+    parameters."""
+    return ModelConfig.from_preset(
+        "tiny-v3", vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, hidden_size=32,
+        intermediate_size=96, num_attention_heads=2, q_lora_rank=24, kv_lora_rank=16, n_routed_experts=4,
+        n_group=2, topk_group=1, moe_intermediate_size=16)
