@@ -108,3 +108,43 @@ def test_kd_loss_rejects_bad_shapes_and_dtypes():
         kd_loss(student.long(), teacher, mask)
     with pytest.raises(TypeError, match="teacher_logits must be floating"):
         kd_loss(student, teacher.long(), mask)
+
+
+def test_rejection_sample_keeps_only_correct_well_formatted_traces():
+    from minimoe.distill import rejection_sample
+    from minimoe.rl import demo
+    from minimoe.rl.rewards import accuracy_reward, format_reward
+    from minimoe.tasks.tokenizer import CharTokenizer
+
+    tokenizer, task = CharTokenizer(), demo.addition_task()
+    traces = rejection_sample(demo.load_sft_policy(), tokenizer, task, 6, 2, template=demo.TEMPLATE,
+                              max_new_tokens=demo.MAX_NEW_TOKENS, seed=0)
+    assert traces.n_sampled == 12 and 0 < len(traces.completions) <= 12
+    assert traces.inputs.shape == traces.targets.shape == traces.mask.shape
+    assert format_reward(traces.completions).eq(1).all()
+    for row, target, completion in zip(traces.inputs, traces.targets, traces.completions):
+        question = tokenizer.decode(row[1:].tolist()).split("=")[0] + "="
+        problem = next(p for p in task.sample(6, "train", seed=0) if p.question == question)
+        assert accuracy_reward([completion], [problem]).item() == 1
+        learnt = target[target != -100].tolist()
+        assert tokenizer.decode(learnt) == completion  # the targets are the completion, eos included
+
+
+def test_distill_logits_lowers_kd_loss():
+    from minimoe import Transformer
+    from minimoe.distill import KDConfig, Traces, distill_logits, student_config
+
+    torch.manual_seed(0)
+    teacher, student = Transformer(student_config(20, 32)), Transformer(student_config(20, 32))
+    inputs = torch.randint(1, 20, (8, 12))
+    targets = inputs.roll(-1, 1)
+    targets[:, :3] = -100
+    traces = Traces(inputs, targets, ["x"] * 8, 8)
+    with torch.no_grad():
+        before = kd_loss(student(inputs).logits, teacher(inputs).logits, traces.mask).item()
+    history = distill_logits(student, teacher, traces, KDConfig(steps=30, batch_size=8, warmup=2, progress=False))
+    with torch.no_grad():
+        after = kd_loss(student(inputs).logits, teacher(inputs).logits, traces.mask).item()
+    assert len(history.loss) == 30 and after < 0.5 * before
+    with pytest.raises(ValueError, match="vocab_size"):
+        distill_logits(student, Transformer(student_config(24, 32)), traces, KDConfig(steps=1, warmup=0, progress=False))
