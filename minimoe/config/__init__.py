@@ -1,7 +1,7 @@
 """The model configuration: ``ModelConfig`` (flat Hugging Face field names), its validated parts, and presets.
 
 ``checks.py``        the field checks (types and ranges, the field named in every error)
-``parts.py``         AttentionConfig, RopeConfig, MoEConfig, BalanceConfig: each group of fields, documented and checked
+``parts.py``         AttentionConfig, RopeConfig, MoEConfig, BalanceConfig, MTPConfig: each group of fields, documented and checked
 ``model_config.py``  ModelConfig: the flat fields, derived sizes, ``replace`` / ``to_dict`` / ``from_dict`` / presets
 ``presets.py``       the released DeepSeek configs, teaching presets, and ``PAPER_VALUES``
 """
@@ -16,6 +16,7 @@ from minimoe.config.parts import (
     AttentionConfig,
     BalanceConfig,
     MoEConfig,
+    MTPConfig,
     RopeConfig,
 )
 from minimoe.config.presets import PAPER_VALUES, PRESETS
@@ -30,6 +31,7 @@ __all__ = [
     "AttentionConfig",
     "BalanceConfig",
     "ConfigTypeError",
+    "MTPConfig",
     "MoEConfig",
     "ModelConfig",
     "RopeConfig",

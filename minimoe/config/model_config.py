@@ -3,7 +3,7 @@
 Field names follow DeepSeek's Hugging Face configs (``kv_lora_rank``, ``n_routed_experts``,
 ``num_experts_per_tok`` …) so a reader can put our code beside the official one and ``interop`` can map a
 transformers config field by field. The meaning and rules of each group of fields live in one part
-(``minimoe.config.parts``): ``AttentionConfig``, ``RopeConfig``, ``MoEConfig``, ``BalanceConfig``; the model's
+(``minimoe.config.parts``): ``AttentionConfig``, ``RopeConfig``, ``MoEConfig``, ``BalanceConfig``, ``MTPConfig``; the model's
 sizes stay here. Creating a config builds every part, so a bad value fails at once, naming its field.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minimoe.config.checks import boolean, integer, real, text
-from minimoe.config.parts import PARTS, AttentionConfig, BalanceConfig, MoEConfig, RopeConfig
+from minimoe.config.parts import PARTS, AttentionConfig, BalanceConfig, MoEConfig, MTPConfig, RopeConfig
 from minimoe.config.presets import PRESETS
 
 
@@ -68,6 +68,9 @@ class ModelConfig:
     aux_loss_alpha: float = 0.0
     seq_aux: bool = False
     bias_update_speed: float = 0.0
+    # multi-token prediction: MTPConfig
+    num_nextn_predict_layers: int = 0  # D
+    mtp_loss_weight: float = 0.3  # λ
     # misc (checked here)
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -93,6 +96,10 @@ class ModelConfig:
     @property
     def balance(self) -> BalanceConfig:
         return BalanceConfig.of(self)
+
+    @property
+    def mtp(self) -> MTPConfig:
+        return MTPConfig.of(self)
 
     # ----------------------------------------------------------------- derived sizes
     @property

@@ -1,9 +1,9 @@
-"""The validated parts of ``ModelConfig``: attention, RoPE, DeepSeekMoE routing, load balancing.
+"""The validated parts of ``ModelConfig``: attention, RoPE, DeepSeekMoE routing, load balancing, MTP.
 
 Each part is a small frozen dataclass that owns its fields' meaning (the docstring under each field) and rules
 (``__post_init__``). ``ModelConfig`` keeps the flat Hugging Face field names and builds every part from them when
 it is created, so ``ModelConfig(kv_lora_rank=…)``, ``cfg.kv_lora_rank`` and ``interop`` read as before, while
-``cfg.attention``, ``cfg.rope``, ``cfg.moe`` and ``cfg.balance`` give one part on its own. A new setting goes into
+``cfg.attention``, ``cfg.rope``, ``cfg.moe``, ``cfg.balance`` and ``cfg.mtp`` give one part on its own. A new setting goes into
 the part it belongs to (and into ``ModelConfig``'s flat fields, under the Hugging Face name when there is one).
 """
 
@@ -219,4 +219,22 @@ class BalanceConfig(_Part):
                   bias_update_speed=real("bias_update_speed", self.bias_update_speed, minimum=0))
 
 
-PARTS = (AttentionConfig, RopeConfig, MoEConfig, BalanceConfig)
+@dataclass(frozen=True)
+class MTPConfig(_Part):
+    """Multi-token prediction (DeepSeek-V3 §2.2): D sequential modules after the main model, each predicting one
+    token further ahead; they share the embedding and the output head and are dropped (or used to draft tokens for
+    speculative decoding) at inference. ``Transformer.forward`` adds ``mtp_loss_weight · L_MTP`` to ``aux_loss``.
+    """
+
+    num_nextn_predict_layers: int
+    """D, the number of MTP modules (transformers' and DeepSeek's name; released V3: 1; 0 = no MTP)."""
+    mtp_loss_weight: float
+    """λ of Eq. (25), L_MTP = (λ/D) Σ_k CE_k (V3: 0.3 for the first 10T tokens, then 0.1)."""
+
+    def __post_init__(self) -> None:
+        self._set(num_nextn_predict_layers=integer("num_nextn_predict_layers", self.num_nextn_predict_layers,
+                                                   minimum=0),
+                  mtp_loss_weight=real("mtp_loss_weight", self.mtp_loss_weight, minimum=0))
+
+
+PARTS = (AttentionConfig, RopeConfig, MoEConfig, BalanceConfig, MTPConfig)
