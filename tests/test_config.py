@@ -12,6 +12,7 @@ from minimoe.config import (
     ConfigTypeError,
     ModelConfig,
     MoEConfig,
+    MTPConfig,
     RopeConfig,
 )
 
@@ -157,8 +158,9 @@ def test_parts_read_the_flat_fields_and_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.moe.n_group = 4  # change the flat field (cfg.replace(n_group=...)); the part is a view
     # every flat field belongs to exactly one part or to the sizes/misc kept on ModelConfig itself
-    part_fields = [f.name for part in (AttentionConfig, RopeConfig, MoEConfig, BalanceConfig)
+    part_fields = [f.name for part in (AttentionConfig, RopeConfig, MoEConfig, BalanceConfig, MTPConfig)
                    for f in dataclasses.fields(part)]
+    assert (cfg.mtp.num_nextn_predict_layers, cfg.mtp.mtp_loss_weight) == (0, 0.3)
     own = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings",
            "rms_norm_eps", "initializer_range", "tie_word_embeddings", "name"}
     assert len(part_fields) == len(set(part_fields)) and set(part_fields).isdisjoint(own)
