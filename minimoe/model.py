@@ -23,9 +23,10 @@ from minimoe.config import ModelConfig
 from minimoe.moe.balance import expert_load, routing_balance_loss, update_selection_bias
 from minimoe.moe.experts import MLP, DeepSeekMoE
 from minimoe.moe.gate import Router, RoutingRecord
+from minimoe.mtp import mtp_combine, mtp_loss
 from minimoe.norm import RMSNorm
 
-__all__ = ["MLP", "Block", "ModelOutput", "RMSNorm", "RoutingRecord", "Transformer"]
+__all__ = ["MLP", "Block", "MTPModule", "ModelOutput", "RMSNorm", "RoutingRecord", "Transformer"]
 
 
 @dataclass
@@ -33,14 +34,23 @@ class ModelOutput:
     """What ``Transformer.forward`` returns; ``model(tokens).logits`` is the way to get logits.
 
     ``routing`` holds one ``RoutingRecord`` per MoE layer in layer order ([] for a dense model or an empty batch);
-    ``aux_loss`` is the balance loss the config asks for (``aux_loss_alpha``, ``seq_aux``), with its graph, or 0.
+    ``aux_loss`` is the balance loss the config asks for (``aux_loss_alpha``, ``seq_aux``) plus ``mtp_loss``, with
+    its graph, or 0: a training loop that adds ``aux_loss`` to its next-token loss trains the MTP modules too.
 
-    Shapes: logits (B, T, V); aux_loss ().
+    Multi-token prediction (``num_nextn_predict_layers`` = D > 0, forward without a cache): ``mtp_logits[k - 1]``
+    is module k's output, one entry per position i = 0 … T − k − 1 predicting token i + k + 1 (a list, since the
+    lengths differ); ``mtp_loss`` = λ · L_MTP (DeepSeek-V3 Eq. (25), ``minimoe.mtp.mtp_loss``). ``hidden`` is the
+    main model's last hidden state before the final norm, h^0, which the first MTP module reads.
+
+    Shapes: logits (B, T, V); aux_loss (); mtp_logits D × (B, T − k, V); mtp_loss (); hidden (B, T, D).
     """
 
     logits: torch.Tensor
     routing: list[RoutingRecord] = field(default_factory=list)
     aux_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    mtp_logits: list[torch.Tensor] = field(default_factory=list)
+    mtp_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    hidden: torch.Tensor | None = None
 
 
 class Block(nn.Module):
@@ -75,6 +85,33 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x)), None
 
 
+class MTPModule(nn.Module):
+    """The k-th multi-token prediction module (DeepSeek-V3 §2.2, Figure 3): the two RMSNorms and the projection M_k of
+    Eq. (21), its own block TRM_k (attention + the FFN of the main model's last layer, Eq. (22)) and the norm before
+    the shared output head (Eq. (23); DeepSeek's checkpoint calls it ``shared_head.norm``). The embedding and the
+    head themselves are the main model's, passed in.
+    """
+
+    def __init__(self, cfg: ModelConfig, depth: int, attn_mode: str = "naive") -> None:
+        super().__init__()
+        self.depth = depth  # k = 1 … D
+        self.norm_h = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm_e = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)  # M_k: (D, 2D)
+        self.block = Block(cfg, cfg.num_hidden_layers - 1, attn_mode)  # the last layer's type (V3: MoE)
+        self.block.layer_idx = cfg.num_hidden_layers + depth - 1  # its routing is reported after the main layers'
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, RoutingRecord | None]:
+        """h^k (before the norm) and the block's routing, from h^{k−1} and the embeddings of the tokens k ahead.
+
+        Shapes: h_prev (B, n, D), emb_next (B, n, D), cos_sin 2 × (B, n, d_r/2), mask (B, n, n) or None
+        -> (B, n, D) and a RoutingRecord or None."""
+        h = mtp_combine(h_prev, emb_next, self.norm_h, self.norm_e, self.proj)  # Eq. (21)
+        return self.block(h, cos_sin, mask)  # Eq. (22)
+
+
 class Transformer(nn.Module):
     """Causal LM: ``embed`` → ``layers`` → ``norm`` → ``head``; ``model(tokens).logits`` are next-token logits.
 
@@ -85,6 +122,10 @@ class Transformer(nn.Module):
     One forward is one pass with no hidden state: inputs are validated once, positions, the RoPE table (as
     DeepSeek-V3's ``freqs_cis``) and the mask are computed once and passed to every layer, and the routing of each
     MoE layer comes back in ``ModelOutput.routing``. The selection bias moves only by ``update_routing_bias``.
+
+    With ``num_nextn_predict_layers`` = D > 0 the model also holds ``mtp``, D ``MTPModule``s sharing ``embed`` and
+    ``head`` (DeepSeek-V3 §2.2); ``mtp_step`` runs one of them, for training (in ``forward``) or to draft tokens
+    (``minimoe.speculative``).
     """
 
     def __init__(self, cfg: ModelConfig, attn_mode: str = "naive") -> None:
@@ -95,6 +136,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i, attn_mode) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(MTPModule(cfg, k, attn_mode) for k in range(1, cfg.num_nextn_predict_layers + 1))
         rope_dim = cfg.qk_rope_head_dim if cfg.attention_type == "mla" else cfg.baseline_head_dim
         self.rope = RotaryEmbedding(rope_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling,
                                     interleave=cfg.rope_interleave)  # inv_freq: a non-persistent buffer
@@ -120,19 +162,23 @@ class Transformer(nn.Module):
     def set_attn_mode(self, mode: str) -> None:
         """Switch every MLA layer to ``mode`` ("naive" | "absorbed"); the weights are unchanged."""
         _check_attn_mode(self.cfg, mode)
-        for layer in self.layers:
+        for layer in [*self.layers, *(module.block for module in self.mtp)]:
             if isinstance(layer.attn, MultiHeadLatentAttention):
                 layer.attn.mode = mode
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                cache: list[LayerCache] | None = None, padding_mask: torch.Tensor | None = None) -> ModelOutput:
+                cache: list[LayerCache] | None = None, padding_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> ModelOutput:
         """Logits for every position, the routing of every MoE layer and the balance loss.
 
         ``cache`` (from ``new_cache()``) holds the earlier positions; ``padding_mask`` covers them and the new ones
         (True = real token); ``position_ids`` default to ``len(cache) + arange(T)`` for every row. An empty batch
-        (B = 0 or T = 0) returns empty logits.
+        (B = 0 or T = 0) returns empty logits. With MTP modules and no cache, the forward also runs them and adds
+        λ · L_MTP to ``aux_loss``; their targets come from ``tokens`` or, when given, from the next-token
+        ``targets`` of the batch (``IGNORE_INDEX`` = skipped; see ``minimoe.mtp.mtp_targets``).
 
-        Shapes: tokens (B, T) integer, position_ids (B, T), padding_mask (B, S) bool -> logits (B, T, V).
+        Shapes: tokens (B, T) integer, position_ids (B, T), padding_mask (B, S) bool, targets (B, T) or None
+        -> logits (B, T, V).
         """
         past = self._check_inputs(tokens, position_ids, cache, padding_mask)
         B, T = tokens.shape
@@ -151,7 +197,35 @@ class Transformer(nn.Module):
             if record is not None:
                 routing.append(record)
         logits = self.head(self.norm(x))  # (B, T, V)
-        return ModelOutput(logits, routing, routing_balance_loss(routing, self.cfg).to(device))
+        mtp_logits: list[torch.Tensor] = []
+        h = x  # h^0: the main model's representation, before the final norm
+        for k in range(1, len(self.mtp) + 1 if cache is None else 1):
+            h, logits_k, record = self.mtp_step(k, h, tokens, cos_sin, mask)  # (B, T - k, D), (B, T - k, V)
+            mtp_logits.append(logits_k)
+            if record is not None:
+                routing.append(record)
+        aux_loss = routing_balance_loss(routing, self.cfg).to(device)
+        loss_mtp = torch.zeros((), device=device)
+        if mtp_logits:
+            loss_mtp = mtp_loss(mtp_logits, tokens, self.cfg.mtp_loss_weight, targets).to(device)  # Eq. (25)
+        return ModelOutput(logits, routing, aux_loss + loss_mtp, mtp_logits, loss_mtp, x)
+
+    def mtp_step(self, depth: int, h_prev: torch.Tensor, tokens: torch.Tensor,
+                 cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, RoutingRecord | None]:
+        """Run MTP module k = ``depth`` (DeepSeek-V3 Eqs. (21)–(23)) over the first n = min(T_h, T_tok − k)
+        positions: position i combines h^{k−1}_i with Emb(tokens[:, i + k]). Returns h^k, its logits through the
+        shared head, and the routing. ``cos_sin`` and ``mask`` are the main model's (no cache), cut to n.
+
+        Shapes: h_prev (B, T_h, D), tokens (B, T_tok), cos_sin 2 × (B, ≥ n, d_r/2), mask (B, ≥ n, ≥ n) or None
+        -> h (B, n, D), logits (B, n, V), RoutingRecord or None.
+        """
+        module = self.mtp[depth - 1]
+        n = min(h_prev.shape[1], tokens.shape[1] - depth)
+        cos, sin = cos_sin
+        h, record = module(h_prev[:, :n], self.embed(tokens[:, depth:depth + n]), (cos[:, :n], sin[:, :n]),
+                           None if mask is None else mask[:, :n, :n])  # (B, n, D)
+        return h, self.head(module.norm(h)), record
 
     @torch.no_grad()
     def update_routing_bias(self, routing: list[RoutingRecord]) -> None:
@@ -161,8 +235,9 @@ class Transformer(nn.Module):
         gamma = self.cfg.bias_update_speed
         if not gamma:
             return
+        blocks = [*self.layers, *(module.block for module in self.mtp)]  # record.layer indexes these
         for record in routing:
-            router = self.layers[record.layer].ffn.router
+            router = blocks[record.layer].ffn.router
             if router.bias is not None:
                 load = expert_load(record.experts, self.cfg.n_routed_experts)  # (E,)
                 router.bias.copy_(update_selection_bias(router.bias, load, gamma))
