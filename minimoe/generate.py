@@ -9,6 +9,7 @@ optionally restricted to the top-k tokens and/or the nucleus of probability top-
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,18 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     _check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature  # (B, V)
+    probs = sampling_probs(logits, temperature, top_k, top_p)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """The distribution ``sample_next`` draws from (temperature > 0), float32.
+
+    Shapes: logits (..., V) -> probabilities (..., V).
+    """
+    shape = logits.shape
+    logits = logits.reshape(-1, shape[-1]).float() / temperature  # (B, V)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -36,14 +48,14 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
         mass_before = probs.cumsum(dim=-1) - probs  # probability of the strictly more likely tokens
         drop = mass_before >= top_p  # the first token has mass_before 0, so it is always kept
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    return logits.softmax(dim=-1).reshape(shape)
 
 
 @torch.no_grad()
 def generate(model: nn.Module, prompts: list[list[int]] | list[int], max_new_tokens: int, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             eos_token_id: int | None = None, pad_token_id: int = 0, progress: bool = False) -> list[list[int]]:
+             eos_token_id: int | None = None, pad_token_id: int = 0, progress: bool = False,
+             speculative: str | None = None, use_cache: bool = True, return_stats: bool = False) -> Any:
     """Continue each prompt by up to ``max_new_tokens`` tokens with ``model`` (a ``minimoe.Transformer``).
 
     ``prompts`` is a list of token-id lists (any lengths) or one list of ints (a batch of one). Returns the
@@ -51,8 +63,22 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[int], max_new_tok
     a ``torch.Generator``: the same seed gives the same samples. ``progress`` shows a tqdm bar over decode steps.
     ``pad_token_id`` only fills the left padding, which the padding mask hides.
 
+    ``speculative="mtp"`` drafts with the model's MTP modules and verifies in one forward of the main model
+    (``minimoe.speculative``): the same greedy output, the same sampling distribution, fewer forward passes;
+    ``use_cache`` (speculative only) and ``return_stats`` (then ``(completions, SpeculativeStats)``) belong to it.
+
     Shapes: tokens fed to the model (B, P) at prefill, then (B, 1) per step.
     """
+    if speculative is not None:
+        from minimoe.speculative import speculative_generate
+
+        if speculative != "mtp":
+            raise ValueError(f"speculative ({speculative!r}) must be None or 'mtp'")
+        return speculative_generate(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, seed=seed, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                    use_cache=use_cache, return_stats=return_stats)
+    if not use_cache or return_stats:
+        raise ValueError("use_cache=False and return_stats=True belong to speculative='mtp'")
     prompts = _as_batch(prompts)
     _check_sampling(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
