@@ -57,6 +57,12 @@ class LayerCache:
         self._length = needed
         return self.tensors
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding drops the rejected drafts)."""
+        if not 0 <= length <= self._length:
+            raise ValueError(f"length ({length}) must lie in [0, {self._length}]")
+        self._length = length
+
     def elements_per_token(self) -> int:
         """Cached elements for one position of one sequence (all named tensors together)."""
         return sum(buf[0, 0].numel() for buf in self._buffers.values())
