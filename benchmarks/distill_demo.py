@@ -91,13 +91,17 @@ def run_traces(student, traces, budget_s: float, seed: int) -> tuple[int, float]
 
 def run_logits(student, teacher, traces, budget_s: float, seed: int) -> tuple[int, float]:
     """(c) Logit distillation with ``kd_loss`` on the same teacher-generated traces."""
+    with torch.no_grad():
+        teacher_logits, logits_cpu = cpu_seconds(lambda: teacher.eval()(traces.inputs).logits)  # (N, L, V)
+    budget_s -= logits_cpu
+
     def kd(model, steps):
-        return distill_logits(model, teacher, traces, KDConfig(steps=steps, lr=3e-3, warmup=min(10, steps),
+        return distill_logits(model, teacher_logits, traces, KDConfig(steps=steps, lr=3e-3, warmup=min(10, steps),
                                                                seed=seed, progress=False))
     _, probe = cpu_seconds(lambda: kd(copy.deepcopy(student), 2))
     steps = steps_for_budget(budget_s, probe / 2)
     _, cpu = cpu_seconds(lambda: kd(student, steps))
-    return steps, cpu
+    return steps, cpu + logits_cpu
 
 
 def run_seed(seed: int, teacher, args) -> dict:

@@ -180,20 +180,25 @@ class KDConfig:
             raise ValueError(f"temperature ({self.temperature!r}) must be positive")
 
 
-def distill_logits(student: nn.Module, teacher: nn.Module, traces: Traces, cfg: KDConfig) -> History:
+def distill_logits(student: nn.Module, teacher: nn.Module | torch.Tensor, traces: Traces, cfg: KDConfig) -> History:
     """Train ``student`` in place to match ``teacher``'s next-token distributions on the traces' completion tokens.
 
     The teacher's logits are computed once, up front (offline distillation: the teacher runs once per trace,
-    not once per step); each step then minimises ``kd_loss`` (+ the student's balance loss, and its
-    auxiliary-loss-free bias update, as ``minimoe.train.train`` does). Returns a History of step, loss, lr.
+    not once per step), or passed in precomputed as ``teacher``; each step then minimises ``kd_loss`` (+ the
+    student's balance loss, and its auxiliary-loss-free bias update, as ``minimoe.train.train`` does). Returns a
+    History of step, loss, lr.
 
     Shapes: traces.inputs (N, L); teacher logits (N, L, V), V shared by teacher and student (one tokenizer).
     """
-    if teacher.cfg.vocab_size != student.cfg.vocab_size:
-        raise ValueError(f"teacher vocab_size ({teacher.cfg.vocab_size}) must equal the student's "
-                         f"({student.cfg.vocab_size}): logit distillation needs one tokenizer")
-    with torch.no_grad():
-        teacher_logits = teacher.eval()(traces.inputs).logits  # (N, L, V)
+    if isinstance(teacher, torch.Tensor):
+        teacher_logits = teacher.detach()  # (N, L, V)
+    else:
+        with torch.no_grad():
+            teacher_logits = teacher.eval()(traces.inputs).logits  # (N, L, V)
+    if teacher_logits.shape[:2] != traces.inputs.shape or teacher_logits.shape[-1] != student.cfg.vocab_size:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} must be (N, L, V) with (N, L) = "
+                         f"{tuple(traces.inputs.shape)} and V = the student's vocab_size ({student.cfg.vocab_size}): "
+                         "logit distillation needs one tokenizer")
     mask = traces.mask  # (N, L)
     student.train()
     optimizer = make_optimizer(student, cfg.lr)
