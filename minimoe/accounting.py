@@ -28,6 +28,12 @@ class ParamCount:
     2.451B where DeepSeek-V2 App. B.1 says 2.4B). ``active_with_embedding`` adds the embedding back.
     ``moe_routed`` holds all routed experts; ``moe_routed_active`` the K a token uses in every MoE layer.
     ``norms`` counts every RMSNorm weight: two per block, the final norm, and MLA's ``q_norm`` and ``kv_norm``.
+
+    The multi-token prediction modules (``num_nextn_predict_layers`` = D, DeepSeek-V3 §2.2) are counted apart and
+    left out of ``total`` and ``active``, which describe the main model (the one that serves requests): ``mtp`` is
+    what they add to ``Transformer(cfg)``, which shares the embedding and the head; ``mtp_copies`` is the copy of
+    the embedding and of the head that DeepSeek's checkpoint stores with every MTP module. ``checkpoint_total`` =
+    ``total + mtp + mtp_copies`` is the size of the released files (the hub's "685B").
     """
 
     embedding: int
@@ -40,6 +46,18 @@ class ParamCount:
     moe_router: int
     router_bias: int
     norms: int
+    mtp: int = 0
+    mtp_copies: int = 0
+
+    @property
+    def total_with_mtp(self) -> int:
+        """The main model and its MTP modules: ``sum(p.numel() for p in Transformer(cfg).parameters())``."""
+        return self.total + self.mtp
+
+    @property
+    def checkpoint_total(self) -> int:
+        """The released checkpoint: main model, MTP modules, and the MTP modules' copies of embedding and head."""
+        return self.total + self.mtp + self.mtp_copies
 
     @property
     def total(self) -> int:
@@ -94,6 +112,14 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     ``S`` shared experts of ``3·d·moe_inter`` each. Plus embedding ``V·d``, final norm ``d`` and head ``V·d``
     (counted once when tied). DeepSeek-V2 §3.1.2, DeepSeek-V3 §4.2.
 
+    Each MTP module (DeepSeek-V3 §2.2, Eq. (21)–(23)) holds two input RMSNorms ``2·d``, ``M_k`` of ``2d·d``, one
+    block of the last layer's type (attention, its norms, FFN) and the norm before the shared head ``d``.
+    DeepSeek-V3 with D = 1 (its released config): attention 187,105,280 + M_k 2·7168² = 102,760,448 + MoE
+    256·7168 + 256 + 257·3·7168·2048 = 11,320,164,608 + norms 5·7168 + 2048 = 37,888 gives ``mtp`` =
+    11,610,068,224; the copies 2·129,280·7,168 = 1,853,358,080; the module as stored 13,463,426,304 ≈ 13.5B; the
+    checkpoint 671,026,419,200 + 13,463,426,304 = 684,489,845,504 ≈ 684.5B. The hub's "685B = 671B + 14B" rounds
+    the main model to the nearest billion (671.03) but the MTP module (13.46) and the total (684.49) up.
+
     Shapes: returns counts of scalars (no tensors).
     """
     d, V = cfg.hidden_size, cfg.vocab_size
@@ -102,6 +128,13 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
     n_dense = cfg.num_hidden_layers - n_moe
     E, K, S = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.n_shared_experts
+    last = cfg.num_hidden_layers - 1  # an MTP block has the last layer's type
+    if cfg.is_moe_layer(last):
+        ffn = E * d + (E if cfg.topk_method == "noaux_tc" else 0) + (E + S) * expert
+    else:
+        ffn = 3 * d * cfg.intermediate_size
+    mtp_module = 2 * d + 2 * d * d + attn_matmul + 2 * d + attn_norms + ffn + d
+    D = cfg.num_nextn_predict_layers
     return ParamCount(
         embedding=V * d,
         head=0 if cfg.tie_word_embeddings else V * d,
@@ -113,6 +146,8 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         moe_router=n_moe * E * d,
         router_bias=n_moe * E if cfg.topk_method == "noaux_tc" else 0,
         norms=cfg.num_hidden_layers * (2 * d + attn_norms) + d,
+        mtp=D * mtp_module,
+        mtp_copies=D * 2 * V * d,
     )
 
 

@@ -175,7 +175,7 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     """
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        if ".ffn.experts." in key:
+        if ".ffn.experts." in key or key.startswith("mtp."):  # transformers has no MTP module
             continue
         if key.endswith("ffn.router.bias"):
             key = key.removesuffix("bias") + "e_score_correction_bias"
@@ -260,9 +260,18 @@ def to_hf(model: torch.nn.Module) -> Any:
     """A transformers DeepseekV2/V3ForCausalLM with the config and a copy of the weights of ``model``.
 
     ``model`` is a ``minimoe.Transformer``; what its config cannot express in transformers raises
-    ``ValueError`` (see ``hf_config_kwargs``). The result is in ``model``'s train/eval mode.
+    ``ValueError`` (see ``hf_config_kwargs``). The result is in ``model``'s train/eval mode. transformers'
+    DeepseekV3ForCausalLM has no multi-token prediction module (it skips the MTP weights of DeepSeek's checkpoint):
+    a model with ``num_nextn_predict_layers`` > 0 exports its main model, with a warning that the MTP weights stay
+    behind; ``from_hf`` therefore always returns a model with D = 0.
     """
+    import warnings
+
     import transformers
+
+    if getattr(model.cfg, "num_nextn_predict_layers", 0):
+        warnings.warn(f"transformers has no MTP module: the {model.cfg.num_nextn_predict_layers} MTP module(s) are "
+                      "not exported, only the main model", stacklevel=2)
 
     model_type, kwargs = hf_config_kwargs(model.cfg)
     prefix = {"deepseek_v2": "DeepseekV2", "deepseek_v3": "DeepseekV3"}[model_type]
