@@ -162,7 +162,7 @@ def decode_time_report(settings: Settings, model: minimoe.Transformer, hf_model:
         if name == "transformers":
             return hf_model(input_ids=token, past_key_values=caches, use_cache=True).logits
         model.set_attn_mode(name)
-        return model(token, cache=caches)
+        return model(token, cache=caches).logits
 
     names = list(full)
     header = f"    {'context':>8}" + "".join(f"{n + ' ms':>17}" for n in names)
