@@ -107,7 +107,9 @@ def test_select_and_concat_groups():
     ("group_size", 1, "group_size"), ("loss_type", "ppo", "loss_type"), ("scale_rewards", "std", "scale_rewards"),
     ("temperature", 0.0, "temperature"), ("epsilon_low", 1.5, "epsilon_low"), ("beta", -0.1, "beta"),
     ("num_iterations", 0, "num_iterations"), ("ref_reset_every", 0, "ref_reset_every"),
-    ("template", "no placeholder", "template"), ("steps", 2.5, "steps")])
+    ("template", "no placeholder", "template"), ("steps", 2.5, "steps"), ("betas", (0.9, 1.0), "betas"),
+    ("lr_schedule", "linear", "lr_schedule"), ("min_lr_ratio", 2.0, "min_lr_ratio"),
+    ("temperature", float("nan"), "temperature")])
 def test_bad_settings_raise_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
         GRPOConfig(**{field: value})
@@ -232,8 +234,8 @@ def test_dynamic_sampling_drops_groups_of_equal_non_integer_rewards():
 # ---------------------------------------------------------------- failing loudly
 
 def _one_step(reward_fn, **changes):
-    cfg = GRPOConfig(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=4, template="{question}",
-                     progress=False, **changes)
+    cfg = GRPOConfig(**{**dict(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=4, template="{question}",
+                               progress=False), **changes})
     return GRPOTrainer(_policy(), TOK, ArithmeticTask(max_digits=1), reward_fn, cfg)
 
 
@@ -266,6 +268,16 @@ def test_a_reward_of_the_wrong_length_raises_naming_the_function():
         _one_step(combine_rewards([(accuracy_reward, 1.0), (short_reward, 0.1)])).train_step()
 
 
+def test_the_cosine_schedule_warms_up_as_the_constant_one_then_decays_to_the_floor():
+    constant = _one_step(accuracy_reward, steps=20, warmup_steps=4)
+    cosine = _one_step(accuracy_reward, steps=20, warmup_steps=4, lr_schedule="cosine", min_lr_ratio=0.1)
+    lr = constant.cfg.lr
+    assert [cosine.lr_at(s) for s in range(5)] == [constant.lr_at(s) for s in range(5)] == \
+        pytest.approx([lr * (s + 1) / 5 for s in range(5)])
+    assert constant.lr_at(19) == lr and cosine.lr_at(19) == pytest.approx(0.1 * lr)
+    assert all(a >= b for a, b in zip([cosine.lr_at(s) for s in range(4, 20)], [cosine.lr_at(s) for s in range(5, 20)]))
+
+
 def test_the_grpo_optimizer_comes_from_the_toolkit_with_its_betas():
     trainer = _one_step(accuracy_reward, weight_decay=0.1, betas=(0.9, 0.95))
     groups = trainer.optimizer.param_groups
@@ -290,3 +302,22 @@ def test_the_demo_never_writes_into_the_package(tmp_path, monkeypatch):
     assert (tmp_path / "sft_addition.pt").exists() and demo.shipped_checkpoint().read_bytes() == shipped
     assert demo.grpo_settings() is not demo.grpo_settings()  # a fresh dict: no module global to mutate
     assert demo.addition_task() is not demo.addition_task()
+
+
+@pytest.mark.slow  # about a minute of CPU: the whole SFT run
+def test_the_shipped_checkpoint_is_what_the_documented_command_writes(tmp_path, monkeypatch):
+    """``python -m minimoe.rl.demo sft`` writes the shipped policy: same config, same weights (see
+    minimoe/rl/checkpoints/README.md); after a change to the model, its initialisation or the SFT recipe, regenerate
+    it with ``python -m minimoe.rl.demo sft --ship``."""
+    from minimoe.checkpoint import load_checkpoint
+    from minimoe.rl import demo
+
+    monkeypatch.setenv("MINIMOE_HOME", str(tmp_path))
+    torch.set_num_threads(1)
+    demo.main(["sft"])
+    made, shipped = load_checkpoint(demo.user_checkpoint()).model, demo.load_sft_policy()
+    assert made.cfg == shipped.cfg
+    made_state, shipped_state = made.state_dict(), shipped.state_dict()
+    assert made_state.keys() == shipped_state.keys()
+    assert all(torch.equal(made_state[k], shipped_state[k]) for k in made_state), \
+        "the shipped SFT policy is not what `python -m minimoe.rl.demo sft` trains: regenerate it with --ship"

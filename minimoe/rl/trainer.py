@@ -113,8 +113,12 @@ class GRPOConfig:
         for name in ("prompts_per_step", "steps", "num_iterations", "max_new_tokens", "max_sampling_rounds",
                      "eval_n"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        for name in ("lr", "beta", "epsilon_low", "temperature", "weight_decay", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                raise ValueError(f"{name} ({value!r}) must be a finite number")
         if not (isinstance(self.group_size, int) and self.group_size >= 2):
             raise ValueError(f"group_size ({self.group_size!r}) must be an integer >= 2: the advantage r − mean(group) "
                              "of a group of one is always 0, and its std (scale_rewards='group') is undefined")
