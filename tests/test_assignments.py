@@ -516,7 +516,7 @@ def test_ctrl_c_prints_the_summary_and_leaves_no_staging(course, secret, tmp_pat
     assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("assignment", ["a2_moe_routing", "a3_grpo"])
+@pytest.mark.parametrize("assignment", ["a2_moe_routing", "a3_grpo", "a4_efficient_training"])
 def test_other_assignments_full_marks_and_zero(course, secret, assignment):
     release(course, assignment)
     submit(course, assignment, "solved", reference_solutions(course, assignment))
