@@ -37,13 +37,15 @@ class SpeculativeStats:
     drafts the main model examined (``proposed[k-1]``: all earlier drafts of the round accepted) and accepted.
 
     ``acceptance_rate[k-1]`` = accepted / proposed at depth k (V3 §5.4.3 reports 85–90 % for k = 1, "the second
-    token"); ``tokens_per_forward`` = positions / forward_passes (1.0 for plain decoding).
+    token"); ``tokens_per_forward`` = positions / forward_passes (1.0 for plain decoding); ``rounds`` the tokens
+    each verifying forward committed (1 … n + 1).
     """
 
     forward_passes: int = 0
     positions: int = 0
     proposed: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
 
     @property
     def acceptance_rate(self) -> list[float]:
@@ -184,6 +186,7 @@ def speculative_generate(model: nn.Module, prompts: list[list[int]] | list[int],
             seq, pos, pmask = _extend(seq, pos, pmask, new)
             commit(new)
             stats.positions += m + 1
+            stats.rounds.append(m + 1)
     finally:
         model.train(was_training)
     return (completions, stats) if return_stats else completions
