@@ -24,7 +24,7 @@ The module that holds the weights is ``minimoe.model.MTPModule``; ``Transformer.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
