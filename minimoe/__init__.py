@@ -21,6 +21,7 @@ Public API::
     out = model(tokens)                                  # ModelOutput: .logits (B, T, V), .routing, .aux_loss
     model.update_routing_bias(out.routing)               # auxiliary-loss-free balancing (DeepSeek-V3 §2.1.2)
     minimoe.generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=8)
+    minimoe.generate(model, prompts, 8, speculative="mtp")  # with num_nextn_predict_layers > 0: MTP drafts
     minimoe.count_params(cfg), minimoe.kv_cache_per_token(cfg, attention="mla")
     minimoe.interop.from_hf(hf_model)                    # imported on first use (it needs transformers)
 """
