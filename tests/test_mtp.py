@@ -255,3 +255,13 @@ def test_speculative_sampling_with_top_k_is_seeded():
     a = generate(model, PROMPTS, 8, temperature=0.8, top_k=5, seed=3, speculative="mtp")
     assert a == generate(model, PROMPTS, 8, temperature=0.8, top_k=5, seed=3, speculative="mtp")
     assert all(len(row) == 8 for row in a)
+
+
+def test_speculative_absorbed_mla_and_plain_only_options():
+    model = drafting_model(11, 0.2, D=1)
+    plain = generate(model, PROMPTS, 6)
+    model.set_attn_mode("absorbed")  # the MTP blocks switch too
+    assert model.mtp[0].block.attn.mode == "absorbed"
+    assert generate(model, PROMPTS, 6, speculative="mtp") == plain
+    with pytest.raises(ValueError, match="speculative"):
+        generate(model, PROMPTS, 6, use_cache=False)
