@@ -27,9 +27,8 @@ from tqdm.auto import tqdm
 
 from minimoe.rl import demo
 from minimoe.rl.grpo import grpo_loss
-from minimoe.train import load_checkpoint
 
-TEST_SETTINGS = {"steps": 4}  # on top of minimoe.rl.demo.GRPO_SETTINGS (dapo, clip 0.2/0.28, 8 prompts x 8, lr 3e-4)
+TEST_SETTINGS = {"steps": 4}  # on top of minimoe.rl.demo.grpo_settings() (dapo, clip 0.2/0.28, 8 prompts x 8, lr 3e-4)
 EVAL_N = 100
 THRESHOLD = 0.10
 
@@ -56,7 +55,7 @@ VARIANTS = {"sign error": sign_error, "grpo aggregation instead of dapo": grpo_a
 
 def gain(loss_fn, seed: int, before: float) -> float:
     """Held-out accuracy gain of the shipped SFT policy after the test's GRPO run with `loss_fn` and `seed`."""
-    policy = load_checkpoint(demo.CHECKPOINT).model
+    policy = demo.load_sft_policy()
     demo.make_trainer(policy, loss_fn=loss_fn, seed=seed, progress=False, **TEST_SETTINGS).train()
     return demo.heldout_accuracy(policy, EVAL_N)["accuracy"] - before
 
@@ -74,8 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny matrices: one thread is the fastest, as in the notebook
 
-    before = demo.heldout_accuracy(load_checkpoint(demo.CHECKPOINT).model, EVAL_N)["accuracy"]
-    print(f"settings {TEST_SETTINGS} on demo.GRPO_SETTINGS; held-out accuracy before: {before:.0%} on {EVAL_N} "
+    before = demo.heldout_accuracy(demo.load_sft_policy(), EVAL_N)["accuracy"]
+    print(f"settings {TEST_SETTINGS} on demo.grpo_settings(); held-out accuracy before: {before:.0%} on {EVAL_N} "
           f"problems; threshold: gain >= {THRESHOLD:+.0%}")
     cpu = time.process_time()
     gains = sweep("reference", None, range(args.first_seed, args.first_seed + args.seeds), before)

@@ -81,29 +81,28 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 SNOOP = """
-import pathlib
+import os, pathlib, sys
 needles = [b"BEGIN HID" + b"DEN TESTS", b"[hid" + b"den] rope_rotate"]  # split: not found in this cell
-found, seen = [], 0
-tops = [pathlib.Path.cwd(), *list(pathlib.Path.cwd().parents)[:4], pathlib.Path(COURSE_DIR), pathlib.Path("/tmp")]
+skip = {"/usr", "/proc", "/sys", "/dev", os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+tops = {"/", str(pathlib.Path.cwd()), COURSE_DIR}
 for pid in pathlib.Path("/proc").glob("[0-9]*"):  # walk /proc up to the grading driver, as a real attacker would
     try:
-        tops.append(pathlib.Path(pid / "cwd").resolve())
+        tops.add(str(pathlib.Path(pid / "cwd").resolve()))
     except OSError:
         pass
-for top in tops:
-    try:
-        files = [p for p in top.rglob("*") if p.is_file()] if top.is_dir() else []
-    except OSError:
-        files = []
-    for p in files:
-        if p.suffix in (".ipynb", ".db", ".json", ".py"):
-            seen += 1
-            try:
-                text = p.read_bytes()
-            except OSError:
-                continue
-            if any(n in text for n in needles):
-                found.append(str(p))
+found, seen = [], 0
+for top in sorted(tops):
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if os.path.join(folder, d) not in skip]  # the system and Python: no course there
+        for name in files:
+            if name.endswith((".ipynb", ".db", ".json", ".py")):
+                seen += 1
+                try:
+                    text = open(os.path.join(folder, name), "rb").read()
+                except OSError:
+                    continue
+                if any(n in text for n in needles):
+                    found.append(os.path.join(folder, name))
 print(f"LEAKED from {found}" if found else f"nothing found in {seen} files")
 """
 

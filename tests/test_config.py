@@ -160,7 +160,7 @@ def test_parts_read_the_flat_fields_and_are_frozen():
     # every flat field belongs to exactly one part or to the sizes/misc kept on ModelConfig itself
     part_fields = [f.name for part in (AttentionConfig, RopeConfig, MoEConfig, BalanceConfig, MTPConfig)
                    for f in dataclasses.fields(part)]
-    assert (cfg.mtp.num_nextn_predict_layers, cfg.mtp.mtp_loss_weight) == (0, 0.3)
+    assert (cfg.mtp.num_nextn_predict_layers, cfg.mtp.mtp_loss_weight) == (1, 0.3)  # the released config has 1
     own = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings",
            "rms_norm_eps", "initializer_range", "tie_word_embeddings", "name"}
     assert len(part_fields) == len(set(part_fields)) and set(part_fields).isdisjoint(own)

@@ -125,7 +125,7 @@ def test_targets_change_the_mtp_targets():
 
 # ----------------------------------------------------------------------------- parameter count
 def test_v3_mtp_module_count_and_the_hub_rounding():
-    p = count_params(ModelConfig.from_preset("deepseek-v3", num_nextn_predict_layers=1))
+    p = count_params(ModelConfig.from_preset("deepseek-v3"))  # D = 1, as the released config
     assert p.total == 671_026_419_200  # the main model, unchanged by MTP
     assert p.mtp == 187_105_280 + 2 * 7168 ** 2 + (256 * 7168 + 256 + 257 * 3 * 7168 * 2048) + 5 * 7168 + 2048
     assert p.mtp == 11_610_068_224
@@ -133,7 +133,7 @@ def test_v3_mtp_module_count_and_the_hub_rounding():
     assert p.checkpoint_total == 684_489_845_504 == p.total + 13_463_426_304
     assert round(p.total / 1e9) == 671 and round((p.mtp + p.mtp_copies) / 1e9, 1) == 13.5
     assert round(p.checkpoint_total / 1e9, 1) == 684.5  # the hub: "685B = 671B + 14B" (rounded up)
-    assert count_params(ModelConfig.from_preset("deepseek-v3")).mtp == 0
+    assert count_params(ModelConfig.from_preset("deepseek-v3", num_nextn_predict_layers=0)).mtp == 0
 
 
 @pytest.mark.parametrize("name", ["tiny-dense", "tiny-v2", "tiny-v3"])

@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8, moe_intermediate_size=2048,
         first_k_dense_replace=3, n_group=8, topk_group=4, topk_method="noaux_tc", scoring_func="sigmoid",
         norm_topk_prob=True, routed_scaling_factor=2.5, aux_loss_alpha=0.001, seq_aux=True,
-        bias_update_speed=0.001),
+        bias_update_speed=0.001, num_nextn_predict_layers=1),
     # teaching presets: same shape of model, sizes that run in seconds on a laptop CPU
     "tiny-dense": dict(
         vocab_size=128, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
