@@ -143,7 +143,7 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_expert
     Which experts count: f_i counts the experts in ``topk_idx``, whatever chose them. V2's Eq. (24) counts the
     experts each token selects; V3's Eq. (18) counts Topk({s_{j,t}}, K_r), the top-K of the *unbiased* affinities
     over all experts, which is not the selection when a bias or group-limited routing steers it. To follow Eq. (18)
-    pass ``scores.topk(K, dim=-1).indices`` (``minimoe.train.balance_loss`` does so for ``noaux_tc`` models).
+    pass ``scores.topk(K, dim=-1).indices`` (``routing_balance_loss`` does so for ``noaux_tc`` models).
 
     Shapes: scores (B·T, E) with ``seq_len=T``, or (B, T, E) with ``seq_len`` None or T;
     topk_idx (B·T, K) or (B, T, K) long -> scalar.
