@@ -40,7 +40,8 @@ LOOKBACK = 160
 
 _FACTS = "facts" + r"[\s_-]+" + "sheet"  # spelled apart so that this file does not match itself
 FORBIDDEN = {
-    "a 'facts sheet' that is not in the repository": re.compile(_FACTS, re.IGNORECASE),
+    "a reference document that is not in the repository (cite the paper or book/sources.md)":
+        re.compile(_FACTS, re.IGNORECASE),
     "a 'shared/' folder outside the repository": re.compile(r"(?<![\w.-])(?:\.\./)?" + "shared" + r"/"),
     # a path such as /work/... in prose or code; a synthetic file:/// URL in a test fixture is not one
     "an absolute machine path": re.compile(r"(?<![\w.~/-])/(?:" + "work|root|tmp" + r")/"),
