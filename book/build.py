@@ -226,13 +226,6 @@ Licence: MIT (LICENSE).
 """
 
 
-def repository_url(book: Path) -> str:
-    import yaml
-
-    config = yaml.safe_load((book / "_config.yml").read_text(encoding="utf-8")) or {}
-    return ((config.get("repository") or {}).get("url") or "").strip()
-
-
 def archive_notebook(nb, url: str):
     """An executed chapter as handed to students: the install cell first, no execution metadata."""
     import nbformat
@@ -262,7 +255,9 @@ def write_archive(book: Path, html: Path) -> Path | None:
     if not cache_dir.exists() or not html.exists():
         return None
     cache = get_cache(cache_dir)
-    url = repository_url(book)
+    from repository import configured_url
+
+    url = configured_url(book / "_config.yml")
     where = f" (from {url})" if url else ""
     try:
         version = re.search(r'^version\s*=\s*"([^"]+)"', (book.parent / "pyproject.toml").read_text(),

@@ -40,10 +40,12 @@ def pip_source(url: str) -> str:
     return f"minimoe @ git+{url.rstrip('/')}" if url else ""
 
 
-def configured_url() -> str:
-    match = re.search(r'^repository:\n(?:  .*\n)*?  url: "?([^"\n]*)"?\n', CONFIG.read_text(), re.MULTILINE)
+def configured_url(config: Path | None = None) -> str:
+    """`repository.url` of the book's `_config.yml` (of `config`, a copy, when given); "" when unset."""
+    config = config or CONFIG
+    match = re.search(r'^repository:\n(?:  .*\n)*?  url: "?([^"\n]*)"?\n', config.read_text(), re.MULTILINE)
     if match is None:
-        raise SystemExit(f"{CONFIG}: no `repository:` block with a `url:` line")
+        raise SystemExit(f"{config}: no `repository:` block with a `url:` line")
     return match.group(1).strip()
 
 
