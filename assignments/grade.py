@@ -312,6 +312,8 @@ def _autograde_child(stage: str, assignment: str, student: str, env: dict[str, s
     sys.argv = ["nbgrader", "autograde", assignment, f"--student={student}", "--force"]
     code = 0
     try:
+        from minimoe import _kernel_client
+        _kernel_client.install()  # no cell waits out its timeout for a lost wake-up
         from nbgrader.apps.nbgraderapp import NbGraderApp
         NbGraderApp.launch_instance(argv=sys.argv[1:])
     except SystemExit as exit_:

@@ -320,12 +320,6 @@ def build(book: Path) -> int:
     link_chapters(book)
     vendor(book)
     returncode, failed = run_jupyter_book(book)
-    if returncode != 0 and failed:
-        # Rarely (ipykernel 7.4 + jupyter_client 8.10) a finished cell's reply never arrives and the cell times out
-        # with the kernel idle. Executing the failed chapters once more (the others are cached) tells that apart
-        # from a real error, which fails again.
-        print(f"\nRetrying the chapters that failed once: {', '.join(sorted(failed))}", flush=True)
-        returncode, failed = run_jupyter_book(book)
     html = book / "_build" / "html"
     try:
         html_shown = html.relative_to(Path.cwd())

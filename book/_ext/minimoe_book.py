@@ -12,6 +12,9 @@ r"""Three fixes to the Jupyter Book 1 site, loaded from `_config.yml` (`sphinx.l
   `\begin{split}`, where MathJax refuses `\tag` ("\tag not allowed in split environment"); JupyterLab does not
   wrap it. An unnumbered display equation that has both is passed to MathJax as written, between `\[ \]`.
 
+And the build itself: the chapters execute in the Sphinx process, through jupyter_client channels whose waits
+`minimoe._kernel_client` makes immune to a lost wake-up (a cell would otherwise stall for the whole cell timeout).
+
 And what makes the site publishable:
 
 - The version (from pyproject.toml) on every page's footer, with the licence and a link to "How to cite"; the
@@ -336,6 +339,10 @@ register_plugin("pybtex.style.formatting", "minimoe", OneLinkStyle, force=True)
 
 
 def setup(app: Sphinx) -> dict:
+    # The chapters execute in this process (myst-nb through jupyter-cache): no cell waits out its timeout.
+    from minimoe import _kernel_client
+
+    _kernel_client.install()
     app.connect("config-inited", drop_launch_buttons_without_repository)
     app.connect("config-inited", set_version)
     app.connect("html-page-context", deduplicate_scripts, priority=900)
