@@ -33,24 +33,31 @@ __all__ = ["MLP", "Block", "MTPModule", "ModelOutput", "RMSNorm", "RoutingRecord
 class ModelOutput:
     """What ``Transformer.forward`` returns; ``model(tokens).logits`` is the way to get logits.
 
-    ``routing`` holds one ``RoutingRecord`` per MoE layer in layer order ([] for a dense model or an empty batch);
-    ``aux_loss`` is the balance loss the config asks for (``aux_loss_alpha``, ``seq_aux``) plus ``mtp_loss``, with
-    its graph, or 0: a training loop that adds ``aux_loss`` to its next-token loss trains the MTP modules too.
+    ``routing`` holds one ``RoutingRecord`` per MoE layer in layer order ([] for a dense model or an empty batch).
+    The two auxiliary losses come apart, each with its graph, or 0: ``balance_loss`` is the balance loss the config
+    asks for (``aux_loss_alpha``, ``seq_aux``; ``minimoe.moe.routing_balance_loss``) and ``mtp_loss`` = λ · L_MTP
+    (DeepSeek-V3 Eq. (25), ``minimoe.mtp.mtp_loss``); ``aux_loss`` is their sum, what a training loop adds to its
+    own loss (``minimoe.optim.training_step`` does), which trains the MTP modules too.
 
     Multi-token prediction (``num_nextn_predict_layers`` = D > 0, forward without a cache): ``mtp_logits[k - 1]``
     is module k's output, one entry per position i = 0 … T − k − 1 predicting token i + k + 1 (a list, since the
-    lengths differ); ``mtp_loss`` = λ · L_MTP (DeepSeek-V3 Eq. (25), ``minimoe.mtp.mtp_loss``). ``hidden`` is the
-    main model's last hidden state before the final norm, h^0, which the first MTP module reads.
+    lengths differ). ``hidden`` is the main model's last hidden state before the final norm, h^0, which the first
+    MTP module reads.
 
-    Shapes: logits (B, T, V); aux_loss (); mtp_logits D × (B, T − k, V); mtp_loss (); hidden (B, T, D).
+    Shapes: logits (B, T, V); balance_loss (); mtp_logits D × (B, T − k, V); mtp_loss (); hidden (B, T, d).
     """
 
     logits: torch.Tensor
     routing: list[RoutingRecord] = field(default_factory=list)
-    aux_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    balance_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     mtp_logits: list[torch.Tensor] = field(default_factory=list)
     mtp_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     hidden: torch.Tensor | None = None
+
+    @property
+    def aux_loss(self) -> torch.Tensor:
+        """``balance_loss + mtp_loss``: everything the model adds to a training loop's loss. Shapes: ()."""
+        return self.balance_loss + self.mtp_loss
 
 
 class Block(nn.Module):
@@ -173,8 +180,8 @@ class Transformer(nn.Module):
 
         ``cache`` (from ``new_cache()``) holds the earlier positions; ``padding_mask`` covers them and the new ones
         (True = real token); ``position_ids`` default to ``len(cache) + arange(T)`` for every row. An empty batch
-        (B = 0 or T = 0) returns empty logits. With MTP modules and no cache, the forward also runs them and adds
-        λ · L_MTP to ``aux_loss``; their targets come from ``tokens`` or, when given, from the next-token
+        (B = 0 or T = 0) returns empty logits. With MTP modules and no cache, the forward also runs them and returns
+        λ · L_MTP as ``mtp_loss``; their targets come from ``tokens`` or, when given, from the next-token
         ``targets`` of the batch (``IGNORE_INDEX`` = skipped; see ``minimoe.mtp.mtp_targets``).
 
         Shapes: tokens (B, T) integer, position_ids (B, T), padding_mask (B, S) bool, targets (B, T) or None
@@ -185,7 +192,7 @@ class Transformer(nn.Module):
         device = tokens.device
         if B == 0 or T == 0:
             logits = torch.zeros(B, T, self.cfg.vocab_size, dtype=self.head.weight.dtype, device=device)
-            return ModelOutput(logits, [], torch.zeros((), device=device))
+            return ModelOutput(logits, [], torch.zeros((), device=device), mtp_loss=torch.zeros((), device=device))
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=device).expand(B, T)  # (B, T)
         cos_sin = self.rope.cos_sin(position_ids)  # 2 × (B, T, d_r/2), once for all layers
@@ -204,11 +211,11 @@ class Transformer(nn.Module):
             mtp_logits.append(logits_k)
             if record is not None:
                 routing.append(record)
-        aux_loss = routing_balance_loss(routing, self.cfg).to(device)
+        balance_loss = routing_balance_loss(routing, self.cfg).to(device)
         loss_mtp = torch.zeros((), device=device)
         if mtp_logits:
             loss_mtp = mtp_loss(mtp_logits, tokens, self.cfg.mtp_loss_weight, targets).to(device)  # Eq. (25)
-        return ModelOutput(logits, routing, aux_loss + loss_mtp, mtp_logits, loss_mtp, x)
+        return ModelOutput(logits, routing, balance_loss, mtp_logits, loss_mtp, x)
 
     def mtp_step(self, depth: int, h_prev: torch.Tensor, tokens: torch.Tensor,
                  cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None

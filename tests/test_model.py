@@ -126,8 +126,9 @@ def test_aux_loss_from_the_config_and_explicit_bias_update():
     out = model(tokens)
     unbiased = [r.scores.topk(2, dim=-1).indices for r in out.routing]  # DeepSeek-V3 Eq. (18)
     expected = sum(sequence_balance_loss(r.scores, i, 8, 0.1) for r, i in zip(out.routing, unbiased))
-    torch.testing.assert_close(out.aux_loss, expected.to(out.aux_loss.dtype))
-    assert out.aux_loss.requires_grad
+    torch.testing.assert_close(out.balance_loss, expected.to(out.balance_loss.dtype))
+    assert out.balance_loss.requires_grad and float(out.mtp_loss) == 0.0  # no MTP modules: no MTP loss
+    torch.testing.assert_close(out.aux_loss, out.balance_loss)
     bias = model.layers[1].ffn.router.bias
     before = bias.clone()
     model(tokens)  # a forward alone moves nothing

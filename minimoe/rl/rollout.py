@@ -3,7 +3,8 @@
 DeepSeekMath §4.1 (Eq. (3)): for each question q, sample a group of G outputs {o_1, …, o_G} from π_old, then score
 every token of every output under π_θ, π_old and π_ref. `sample_groups` does the sampling with the latent cache
 (`minimoe.generate`: one prefill, then one-token decode steps); `completion_logprobs` does the scoring with one full
-forward over prompt + completion.
+forward over prompt + completion, and `score_completions` also keeps that forward's `ModelOutput` (routing, balance
+and MTP losses), which the training step needs to keep an MoE policy balanced during RL.
 
 Layout, as in `minimoe.rl.grpo.group_advantages`: row g·G + j is the j-th completion of prompt g. Prompts are
 left-padded (B, P) so that every completion starts in the same column; completions are right-padded (B, T), and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ from torch import nn
 
 from minimoe.attention.mla import MultiHeadLatentAttention
 from minimoe.generate import generate
+from minimoe.model import ModelOutput
 from minimoe.tasks.tokenizer import CharTokenizer
 
 
@@ -138,6 +141,18 @@ def sample_groups(model: nn.Module, tokenizer: CharTokenizer, prompts: Sequence[
                    group_size)
 
 
+class Scores(NamedTuple):
+    """What `score_completions` returns.
+
+    Shapes: logprobs (B, T), entropy (B, T), both 0 on padding; output: the forward's `ModelOutput` over the
+    (B, P + T) tokens (its routing, balance_loss and mtp_loss go to ``minimoe.optim.training_step``).
+    """
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    output: ModelOutput
+
+
 def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                         completion_ids: torch.Tensor, completion_mask: torch.Tensor, *, temperature: float = 1.0,
                         with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -153,6 +168,18 @@ def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask:
         prompt_ids, prompt_mask: (B, P); completion_ids, completion_mask: (B, T) -> logprobs (B, T)
         [, entropy (B, T)]
     """
+    scores = score_completions(model, Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, [], 1),
+                               temperature=temperature)
+    return (scores.logprobs, scores.entropy) if with_entropy else scores.logprobs
+
+
+def score_completions(model: nn.Module, rollout: Rollout, *, temperature: float = 1.0) -> Scores:
+    """`completion_logprobs` of a `Rollout`, with the entropy of every position and the forward's `ModelOutput`.
+
+    Shapes: a Rollout of B rows, P prompt and T completion columns -> logprobs (B, T), entropy (B, T).
+    """
+    prompt_ids, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
+    completion_ids, completion_mask = rollout.completion_ids, rollout.completion_mask
     if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
         raise ValueError(f"temperature ({temperature!r}) must be a finite number > 0 to score completions")
     if prompt_ids.shape[0] != completion_ids.shape[0] or prompt_mask.shape != prompt_ids.shape \
@@ -165,20 +192,11 @@ def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask:
     tokens = torch.cat([prompt_ids, completion_ids], dim=1).to(device)  # (B, P + T)
     real = torch.cat([prompt_mask.bool(), completion_mask.bool()], dim=1).to(device)  # (B, P + T)
     position_ids = (real.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, P + T)
-    logits = model(tokens, position_ids=position_ids, padding_mask=real).logits  # (B, P + T, V)
-    logits = logits[:, P - 1:-1]  # (B, T, V): position P − 1 + t predicts o_t
+    output = model(tokens, position_ids=position_ids, padding_mask=real)
+    logits = output.logits[:, P - 1:-1]  # (B, T, V): position P − 1 + t predicts o_t
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # at least float32
     log_probs = F.log_softmax(logits, dim=-1)  # (B, T, V)
     mask = completion_mask.to(device=device, dtype=log_probs.dtype)
     token_logprobs = log_probs.gather(-1, completion_ids.to(device)[..., None]).squeeze(-1) * mask  # (B, T)
-    if not with_entropy:
-        return token_logprobs
     entropy = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, T)
-    return token_logprobs, entropy
-
-
-def rollout_logprobs(model: nn.Module, rollout: Rollout, *, temperature: float = 1.0,
-                     with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs` of a `Rollout`. Shapes: -> (B, T) [, entropy (B, T)]."""
-    return completion_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                               rollout.completion_mask, temperature=temperature, with_entropy=with_entropy)
+    return Scores(token_logprobs, entropy, output)
