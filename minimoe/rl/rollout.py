@@ -27,6 +27,7 @@ from torch import nn
 from minimoe.attention.mla import MultiHeadLatentAttention
 from minimoe.generate import generate
 from minimoe.model import ModelOutput
+from minimoe.sampling import left_pad, positions
 from minimoe.tasks.tokenizer import CharTokenizer
 
 
@@ -74,22 +75,10 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         return rollouts[0]
     prompts = [ids[m].tolist() for r in rollouts for ids, m in zip(r.prompt_ids, r.prompt_mask)]
     outputs = [ids[m.bool()].tolist() for r in rollouts for ids, m in zip(r.completion_ids, r.completion_mask)]
-    prompt_ids, prompt_mask = pad_left(prompts, pad_id)
+    prompt_ids, prompt_mask, _ = left_pad(prompts, pad_id)
     completion_ids, completion_mask = pad_right(outputs, pad_id)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
                    [c for r in rollouts for c in r.completions], rollouts[0].group_size)
-
-
-def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token lists of different lengths, padding on the left. Shapes: -> ids (B, P), mask (B, P) bool."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for row, s in enumerate(sequences):
-        if len(s):
-            ids[row, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[row, width - len(s):] = True
-    return ids, mask
 
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +124,7 @@ def sample_groups(model: nn.Module, tokenizer: CharTokenizer, prompts: Sequence[
     with latent_cache(model):
         outputs = generate(model, repeated, max_new_tokens, temperature=temperature, seed=seed,
                            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
-    prompt_ids, prompt_mask = pad_left(repeated, tokenizer.pad_id)
+    prompt_ids, prompt_mask, _ = left_pad(repeated, tokenizer.pad_id)
     completion_ids, completion_mask = pad_right(outputs, tokenizer.pad_id)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, tokenizer.decode_batch(outputs),
                    group_size)
@@ -191,7 +180,7 @@ def score_completions(model: nn.Module, rollout: Rollout, *, temperature: float 
     P = prompt_ids.shape[1]
     tokens = torch.cat([prompt_ids, completion_ids], dim=1).to(device)  # (B, P + T)
     real = torch.cat([prompt_mask.bool(), completion_mask.bool()], dim=1).to(device)  # (B, P + T)
-    position_ids = (real.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, P + T)
+    position_ids = positions(real)  # (B, P + T): 0 on each row's first real prompt token
     output = model(tokens, position_ids=position_ids, padding_mask=real)
     logits = output.logits[:, P - 1:-1]  # (B, T, V): position P − 1 + t predicts o_t
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # at least float32
