@@ -83,8 +83,8 @@ class Block(nn.Module):
         """The layer's output and its routing. ``cos_sin`` and ``mask`` come from ``Transformer.forward``; without
         them (a block called on its own) the attention uses positions ``len(cache) + arange(T)`` and a causal mask.
 
-        Shapes: x (B, T, D), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
-        -> (B, T, D) and the MoE layer's RoutingRecord (None for a dense FFN)."""
+        Shapes: x (B, T, d), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
+        -> (B, T, d) and the MoE layer's RoutingRecord (None for a dense FFN)."""
         x = x + self.attn(self.attn_norm(x), cache=cache, cos_sin=cos_sin, mask=mask)
         if isinstance(self.ffn, DeepSeekMoE):
             h, record = self.ffn.forward_routed(self.ffn_norm(x), self.layer_idx)
@@ -104,7 +104,7 @@ class MTPModule(nn.Module):
         self.depth = depth  # k = 1 … D
         self.norm_h = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_e = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)  # M_k: (D, 2D)
+        self.proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)  # M_k: (d, 2d)
         self.block = Block(cfg, cfg.num_hidden_layers - 1, attn_mode)  # the last layer's type (V3: MoE)
         self.block.layer_idx = cfg.num_hidden_layers + depth - 1  # its routing is reported after the main layers'
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -113,8 +113,8 @@ class MTPModule(nn.Module):
                 mask: torch.Tensor | None) -> tuple[torch.Tensor, RoutingRecord | None]:
         """h^k (before the norm) and the block's routing, from h^{k−1} and the embeddings of the tokens k ahead.
 
-        Shapes: h_prev (B, n, D), emb_next (B, n, D), cos_sin 2 × (B, n, d_r/2), mask (B, n, n) or None
-        -> (B, n, D) and a RoutingRecord or None."""
+        Shapes: h_prev (B, n, d), emb_next (B, n, d), cos_sin 2 × (B, n, d_r/2), mask (B, n, n) or None
+        -> (B, n, d) and a RoutingRecord or None."""
         h = mtp_combine(h_prev, emb_next, self.norm_h, self.norm_e, self.proj)  # Eq. (21)
         return self.block(h, cos_sin, mask)  # Eq. (22)
 
@@ -197,7 +197,7 @@ class Transformer(nn.Module):
             position_ids = torch.arange(past, past + T, device=device).expand(B, T)  # (B, T)
         cos_sin = self.rope.cos_sin(position_ids)  # 2 × (B, T, d_r/2), once for all layers
         mask = causal_mask(B, T, past, padding_mask, device)  # (B, T, S) or None = plain causal
-        x = self.embed(tokens)  # (B, T, D)
+        x = self.embed(tokens)  # (B, T, d)
         routing: list[RoutingRecord] = []
         for i, layer in enumerate(self.layers):
             x, record = layer(x, cos_sin, mask, None if cache is None else cache[i])
@@ -207,7 +207,7 @@ class Transformer(nn.Module):
         mtp_logits: list[torch.Tensor] = []
         h = x  # h^0: the main model's representation, before the final norm
         for k in range(1, len(self.mtp) + 1 if cache is None else 1):
-            h, logits_k, record = self.mtp_step(k, h, tokens, cos_sin, mask)  # (B, T - k, D), (B, T - k, V)
+            h, logits_k, record = self.mtp_step(k, h, tokens, cos_sin, mask)  # (B, T - k, d), (B, T - k, V)
             mtp_logits.append(logits_k)
             if record is not None:
                 routing.append(record)
@@ -224,14 +224,14 @@ class Transformer(nn.Module):
         positions: position i combines h^{k−1}_i with Emb(tokens[:, i + k]). Returns h^k, its logits through the
         shared head, and the routing. ``cos_sin`` and ``mask`` are the main model's (no cache), cut to n.
 
-        Shapes: h_prev (B, T_h, D), tokens (B, T_tok), cos_sin 2 × (B, ≥ n, d_r/2), mask (B, ≥ n, ≥ n) or None
-        -> h (B, n, D), logits (B, n, V), RoutingRecord or None.
+        Shapes: h_prev (B, T_h, d), tokens (B, T_tok), cos_sin 2 × (B, ≥ n, d_r/2), mask (B, ≥ n, ≥ n) or None
+        -> h (B, n, d), logits (B, n, V), RoutingRecord or None.
         """
         module = self.mtp[depth - 1]
         n = min(h_prev.shape[1], tokens.shape[1] - depth)
         cos, sin = cos_sin
         h, record = module(h_prev[:, :n], self.embed(tokens[:, depth:depth + n]), (cos[:, :n], sin[:, :n]),
-                           None if mask is None else mask[:, :n, :n])  # (B, n, D)
+                           None if mask is None else mask[:, :n, :n])  # (B, n, d)
         return h, self.head(module.norm(h)), record
 
     @torch.no_grad()

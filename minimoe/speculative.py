@@ -136,7 +136,7 @@ def speculative_generate(model: nn.Module, prompts: list[list[int]] | list[int],
         stats.forward_passes += 1
         check_finite_logits(out.logits[:, -1], 0)
         first = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)[:, None]  # (B, 1)
-        h0 = out.hidden  # (B, L, D): h^0 of every committed position but the newest
+        h0 = out.hidden  # (B, L, d): h^0 of every committed position but the newest
         seq, pos, pmask = _extend(seq, pos, pmask, first)
         commit(first)
         stats.positions += 1
@@ -149,7 +149,7 @@ def speculative_generate(model: nn.Module, prompts: list[list[int]] | list[int],
             L = seq.shape[1]
             if use_cache:  # the newest token and the drafts, in one forward
                 out = model(ext[:, L - 1:], position_ids=ext_pos[:, L - 1:], cache=cache, padding_mask=ext_mask)
-                verified, hidden = out.logits, out.hidden  # (B, n + 1, V), (B, n + 1, D)
+                verified, hidden = out.logits, out.hidden  # (B, n + 1, V), (B, n + 1, d)
             else:
                 out = model(ext, position_ids=ext_pos, padding_mask=ext_mask)
                 verified, hidden = out.logits[:, L - 1:], out.hidden[:, L - 1:]
@@ -185,7 +185,7 @@ def _draft(model: nn.Module, h0: torch.Tensor, seq: torch.Tensor, pos: torch.Ten
            temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n drafts from MTP modules 1 … n at the last position: module k reads h^{k−1} and the token k ahead, the
-    newest committed token for k = 1 and draft k − 1 after. Shapes: h0 (B, L − 1, D), seq (B, L)
+    newest committed token for k = 1 and draft k − 1 after. Shapes: h0 (B, L − 1, d), seq (B, L)
     -> drafts (B, n), their distributions (B, n, V) (None when greedy)."""
     B, L = seq.shape
     if n == 0:
@@ -194,7 +194,7 @@ def _draft(model: nn.Module, h0: torch.Tensor, seq: torch.Tensor, pos: torch.Ten
     mask = causal_mask(B, L - 1, 0, pmask[:, :-1], seq.device)
     ext, h, probs = seq, h0, []
     for k in range(1, n + 1):
-        h, logits, _ = model.mtp_step(k, h, ext, cos_sin, mask)  # (B, L - 1, D), (B, L - 1, V)
+        h, logits, _ = model.mtp_step(k, h, ext, cos_sin, mask)  # (B, L - 1, d), (B, L - 1, V)
         if temperature == 0:
             draft = logits[:, -1].argmax(dim=-1)  # (B,)
         else:
