@@ -9,6 +9,8 @@ dense SwiGLU ``MLP`` for the first ``first_k_dense_replace`` layers, then ``Deep
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -123,8 +125,8 @@ class Transformer(nn.Module):
     """Causal LM: ``embed`` → ``layers`` → ``norm`` → ``head``; ``model(tokens).logits`` are next-token logits.
 
     ``attn_mode`` ("naive" | "absorbed") picks how MLA computes attention (DeepSeek-V2 §2.1.3, App. C); both modes
-    share the weights, so ``set_attn_mode`` switches at any time (but not in the middle of a cached generation:
-    the two modes cache different tensors). Weights are initialised from N(0, initializer_range²), norms to one.
+    share the weights, so ``set_attn_mode`` (or, for a block of code, ``attention_mode``) switches at any time (but
+    not in the middle of a cached generation: the two modes cache different tensors). Weights are initialised from N(0, initializer_range²), norms to one.
 
     One forward is one pass with no hidden state: inputs are validated once, positions, the RoPE table (as
     DeepSeek-V3's ``freqs_cis``) and the mask are computed once and passed to every layer, and the routing of each
@@ -167,11 +169,29 @@ class Transformer(nn.Module):
         return [LayerCache() for _ in self.layers]
 
     def set_attn_mode(self, mode: str) -> None:
-        """Switch every MLA layer to ``mode`` ("naive" | "absorbed"); the weights are unchanged."""
+        """Switch every MLA layer, the MTP modules' included, to ``mode`` ("naive" | "absorbed"); the weights are
+        unchanged."""
         _check_attn_mode(self.cfg, mode)
-        for layer in [*self.layers, *(module.block for module in self.mtp)]:
-            if isinstance(layer.attn, MultiHeadLatentAttention):
-                layer.attn.mode = mode
+        for attn in self._mla_layers():
+            attn.mode = mode
+
+    @contextmanager
+    def attention_mode(self, mode: str) -> Iterator[Transformer]:
+        """``with model.attention_mode("absorbed"):`` runs every MLA layer, the MTP modules' included, in ``mode``
+        inside the block, then gives each layer back its own mode (also when the block raises)."""
+        _check_attn_mode(self.cfg, mode)
+        layers = self._mla_layers()
+        saved = [attn.mode for attn in layers]
+        self.set_attn_mode(mode)
+        try:
+            yield self
+        finally:
+            for attn, own in zip(layers, saved):
+                attn.mode = own
+
+    def _mla_layers(self) -> list[MultiHeadLatentAttention]:
+        blocks = [*self.layers, *(module.block for module in self.mtp)]
+        return [block.attn for block in blocks if isinstance(block.attn, MultiHeadLatentAttention)]
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cache: list[LayerCache] | None = None, padding_mask: torch.Tensor | None = None,

@@ -73,6 +73,21 @@ def test_naive_equals_absorbed():
     torch.testing.assert_close(model(tokens).logits, naive)
 
 
+def test_attention_mode_switches_every_block_and_restores_each_ones_own():
+    model = _model("tiny-v3", "naive", num_nextn_predict_layers=1)
+    model.layers[0].attn.mode = "absorbed"  # a mixed model: each block gets its own mode back
+    own = [layer.attn.mode for layer in [*model.layers, model.mtp[0].block]]
+    tokens = torch.randint(0, 128, (2, 10))
+    naive = model(tokens).logits
+    with pytest.raises(RuntimeError, match="inside"), model.attention_mode("absorbed"):
+        assert all(layer.attn.mode == "absorbed" for layer in [*model.layers, model.mtp[0].block])
+        torch.testing.assert_close(model(tokens).logits, naive)
+        raise RuntimeError("inside the block")
+    assert [layer.attn.mode for layer in [*model.layers, model.mtp[0].block]] == own
+    with pytest.raises(ValueError, match="attn_mode"):
+        model.attention_mode("fast").__enter__()
+
+
 @pytest.mark.parametrize("preset, attn_mode, extra", [
     ("tiny-v3", "naive", {}), ("tiny-v3", "absorbed", {}), ("tiny-v2", "absorbed", {}),
     ("tiny-v2", "naive", {"attention_type": "mha", "num_key_value_heads": 2}),

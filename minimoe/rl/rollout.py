@@ -15,8 +15,7 @@ Shapes: B = n_prompts · G completions, P prompt columns, T completion columns, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimoe.attention.mla import MultiHeadLatentAttention
 from minimoe.generate import generate
 from minimoe.model import ModelOutput
 from minimoe.sampling import left_pad, positions
@@ -92,20 +90,6 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return ids, mask
 
 
-@contextmanager
-def latent_cache(model: nn.Module) -> Iterator[None]:
-    """Run an MLA model in "absorbed" mode inside the block (only c_kv and k_rope are cached, DeepSeek-V2
-    App. C), then restore its mode. Both modes share the weights and give the same tokens; other models pass."""
-    modes = [layer.attn.mode for layer in model.layers if isinstance(layer.attn, MultiHeadLatentAttention)]
-    if modes:
-        model.set_attn_mode("absorbed")
-    try:
-        yield
-    finally:
-        for layer, mode in zip((l for l in model.layers if isinstance(l.attn, MultiHeadLatentAttention)), modes):
-            layer.attn.mode = mode
-
-
 def sample_groups(model: nn.Module, tokenizer: CharTokenizer, prompts: Sequence[Sequence[int]], group_size: int,
                   max_new_tokens: int, *, temperature: float = 1.0, seed: int | None = None) -> Rollout:
     """Sample `group_size` completions of each prompt in one batched generation with the latent cache.
@@ -121,7 +105,7 @@ def sample_groups(model: nn.Module, tokenizer: CharTokenizer, prompts: Sequence[
     if not prompts:
         raise ValueError("prompts must hold at least one prompt")
     repeated = [list(p) for p in prompts for _ in range(group_size)]  # rows g·G … g·G + G − 1 share prompt g
-    with latent_cache(model):
+    with model.attention_mode("absorbed" if model.cfg.attention_type == "mla" else "naive"):  # the latent cache
         outputs = generate(model, repeated, max_new_tokens, temperature=temperature, seed=seed,
                            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
     prompt_ids, prompt_mask, _ = left_pad(repeated, tokenizer.pad_id)
