@@ -6,19 +6,24 @@ Shape legend (used in every ``Shapes:`` block, reshape comment and einsum string
     T   time: the new positions of this call
     S   cached + new positions
     H   attention heads
-    D   model width (``hidden_size``)
+    d   model width (``hidden_size``; DeepSeek-V2 §2.1's d)
     d_h head dim
     d_c KV latent (``kv_lora_rank``)
     d_r RoPE dims (``qk_rope_head_dim``)
     E   routed experts
     K   experts per token
-    G   group size (experts per group)
+    D   MTP depth (``num_nextn_predict_layers``; DeepSeek-V3 §2.2's D)
+    G   completions per prompt (``group_size``; DeepSeekMath §4.1's G)
+
+Other counts have names, never a reused letter: ``n_g`` KV heads and ``heads_per_kv`` = H / n_g query heads per KV
+head (GQA), ``experts_per_group``, ``n_devices``.
 
 Public API::
 
     cfg = minimoe.ModelConfig.from_preset("tiny-v3")
     model = minimoe.Transformer(cfg)
-    out = model(tokens)                                  # ModelOutput: .logits (B, T, V), .routing, .aux_loss
+    out = model(tokens)                                  # ModelOutput: .logits (B, T, V), .routing, .balance_loss,
+                                                         # .mtp_loss, .aux_loss (their sum)
     model.update_routing_bias(out.routing)               # auxiliary-loss-free balancing (DeepSeek-V3 §2.1.2)
     minimoe.generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=8)
     minimoe.generate(model, prompts, 8, speculative="mtp")  # with num_nextn_predict_layers > 0: MTP drafts

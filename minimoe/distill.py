@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from minimoe.config import ModelConfig
 from minimoe.history import History
-from minimoe.optim import check_finite_loss, clip_gradients, make_optimizer, set_lr, warmup_cosine
+from minimoe.optim import STEP_METRICS, make_optimizer, training_step
 from minimoe.rl.rewards import accuracy_reward, format_reward
 from minimoe.rl.rollout import sample_groups
 from minimoe.tasks.sequences import IGNORE_INDEX
@@ -154,9 +154,11 @@ class KDConfig:
     batch_size: int = 32
     """Sequences per batch."""
     lr: float = 5e-3
-    """Peak learning rate (AdamW), after a linear warm-up, then a cosine decay to 0.1·lr."""
+    """Peak learning rate (AdamW), after a linear warm-up, then a cosine decay to ``min_lr_ratio · lr``."""
     warmup: int = 20
     """Warm-up steps."""
+    min_lr_ratio: float = 0.1
+    """Where the cosine decay ends on the last step, as a fraction of ``lr``."""
     temperature: float = 1.0
     """τ of ``kd_loss``."""
     direction: str = "forward"
@@ -178,15 +180,17 @@ class KDConfig:
             raise ValueError(f"direction ({self.direction!r}) must be one of {DIRECTIONS}")
         if not self.temperature > 0:
             raise ValueError(f"temperature ({self.temperature!r}) must be positive")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError(f"min_lr_ratio ({self.min_lr_ratio!r}) must lie in [0, 1]")
 
 
 def distill_logits(student: nn.Module, teacher: nn.Module | torch.Tensor, traces: Traces, cfg: KDConfig) -> History:
     """Train ``student`` in place to match ``teacher``'s next-token distributions on the traces' completion tokens.
 
     The teacher's logits are computed once, up front (offline distillation: the teacher runs once per trace,
-    not once per step), or passed in precomputed as ``teacher``; each step then minimises ``kd_loss`` (+ the
-    student's balance loss, and its auxiliary-loss-free bias update, as ``minimoe.train.train`` does). Returns a
-    History of step, loss, lr.
+    not once per step), or passed in precomputed as ``teacher``; each step is ``minimoe.optim.training_step`` on
+    ``kd_loss`` (+ the student's balance and MTP losses, and its auxiliary-loss-free bias update, as in
+    ``minimoe.train.train``). Returns a History of step, kd_loss and the training step's record (``STEP_METRICS``).
 
     Shapes: traces.inputs (N, L); teacher logits (N, L, V), V shared by teacher and student (one tokenizer).
     """
@@ -203,25 +207,17 @@ def distill_logits(student: nn.Module, teacher: nn.Module | torch.Tensor, traces
     student.train()
     optimizer = make_optimizer(student, cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
-    history = History(step=[], loss=[], lr=[])
+    history = History(step=[], kd_loss=[], **{name: [] for name in STEP_METRICS})
     bar = tqdm(range(cfg.steps), desc="kd", disable=not cfg.progress)
     for step in bar:
-        lr = warmup_cosine(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps)
-        set_lr(optimizer, lr)
         rows = torch.randint(0, len(traces.inputs), (cfg.batch_size,), generator=generator)
         out = student(traces.inputs[rows])
         loss = kd_loss(out.logits, teacher_logits[rows], mask[rows], temperature=cfg.temperature,
-                       direction=cfg.direction) + out.aux_loss
-        check_finite_loss(loss, step, f"lower lr ({cfg.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(student, cfg.grad_clip, step)
-        optimizer.step()
-        with torch.no_grad():
-            student.update_routing_bias(out.routing)
-        history.record(step=step, loss=loss.item(), lr=lr)
+                       direction=cfg.direction)
+        history.record(step=step, kd_loss=loss.item(),
+                       **training_step(student, optimizer, loss, out, step=step, cfg=cfg, hint=f"lower lr ({cfg.lr})"))
         if step % 10 == 0:
-            bar.set_postfix(kd=f"{loss.item():.3f}")
+            bar.set_postfix(kd=f"{history.loss[-1]:.3f}")
     return history
 
 

@@ -147,8 +147,8 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
     experts (transformers builds them when n_shared_experts = 0) are dropped.
 
     Shapes:
-        ``experts.gate_up_proj`` (E, 2·I, D), gate rows first → per expert ``w1`` (I, D), ``w3`` (I, D);
-        ``experts.down_proj`` (E, D, I) → per expert ``w2`` (D, I).
+        ``experts.gate_up_proj`` (E, 2·I, d), gate rows first → per expert ``w1`` (I, d), ``w3`` (I, d);
+        ``experts.down_proj`` (E, d, I) → per expert ``w2`` (d, I).
     """
     out: dict[str, torch.Tensor] = {}
     inter = cfg.moe_intermediate_size
@@ -156,11 +156,11 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig) -> d
         name = ".".join(_NAMES.get(part, part) for part in key.removeprefix("model.").split("."))
         if name.endswith("ffn.experts.gate_up_proj"):
             for e in range(tensor.shape[0]):
-                out[name.replace("gate_up_proj", f"{e}.w1.weight")] = tensor[e, :inter]  # (I, D)
-                out[name.replace("gate_up_proj", f"{e}.w3.weight")] = tensor[e, inter:]  # (I, D)
-        elif name.endswith("ffn.experts.w2"):  # the 3-D down_proj stack (E, D, I)
+                out[name.replace("gate_up_proj", f"{e}.w1.weight")] = tensor[e, :inter]  # (I, d)
+                out[name.replace("gate_up_proj", f"{e}.w3.weight")] = tensor[e, inter:]  # (I, d)
+        elif name.endswith("ffn.experts.w2"):  # the 3-D down_proj stack (E, d, I)
             for e in range(tensor.shape[0]):
-                out[name.replace("w2", f"{e}.w2.weight")] = tensor[e]  # (D, I)
+                out[name.replace("w2", f"{e}.w2.weight")] = tensor[e]  # (d, I)
         elif ".shared_experts." not in name or cfg.n_shared_experts > 0:
             out[name] = tensor
     return out
@@ -170,8 +170,8 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     """The inverse of ``state_dict_from_hf``, packing routed experts into transformers 5's 3-D stacks.
 
     Shapes:
-        per expert ``w1``, ``w3`` (I, D) and ``w2`` (D, I)
-        → ``gate_up_proj`` (E, 2·I, D) and ``down_proj`` (E, D, I).
+        per expert ``w1``, ``w3`` (I, d) and ``w2`` (d, I)
+        → ``gate_up_proj`` (E, 2·I, d) and ``down_proj`` (E, d, I).
     """
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -187,8 +187,8 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
             w1, w2, w3 = ([state[f"layers.{i}.ffn.experts.{e}.{w}.weight"] for e in experts]
                           for w in ("w1", "w2", "w3"))
             stacks = f"model.layers.{i}.mlp.experts"
-            out[f"{stacks}.gate_up_proj"] = torch.cat([torch.stack(w1), torch.stack(w3)], dim=1)  # (E, 2I, D)
-            out[f"{stacks}.down_proj"] = torch.stack(w2)  # (E, D, I)
+            out[f"{stacks}.gate_up_proj"] = torch.cat([torch.stack(w1), torch.stack(w3)], dim=1)  # (E, 2I, d)
+            out[f"{stacks}.down_proj"] = torch.stack(w2)  # (E, d, I)
     return out
 
 

@@ -9,6 +9,8 @@ dense SwiGLU ``MLP`` for the first ``first_k_dense_replace`` layers, then ``Deep
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -33,24 +35,31 @@ __all__ = ["MLP", "Block", "MTPModule", "ModelOutput", "RMSNorm", "RoutingRecord
 class ModelOutput:
     """What ``Transformer.forward`` returns; ``model(tokens).logits`` is the way to get logits.
 
-    ``routing`` holds one ``RoutingRecord`` per MoE layer in layer order ([] for a dense model or an empty batch);
-    ``aux_loss`` is the balance loss the config asks for (``aux_loss_alpha``, ``seq_aux``) plus ``mtp_loss``, with
-    its graph, or 0: a training loop that adds ``aux_loss`` to its next-token loss trains the MTP modules too.
+    ``routing`` holds one ``RoutingRecord`` per MoE layer in layer order ([] for a dense model or an empty batch).
+    The two auxiliary losses come apart, each with its graph, or 0: ``balance_loss`` is the balance loss the config
+    asks for (``aux_loss_alpha``, ``seq_aux``; ``minimoe.moe.routing_balance_loss``) and ``mtp_loss`` = λ · L_MTP
+    (DeepSeek-V3 Eq. (25), ``minimoe.mtp.mtp_loss``); ``aux_loss`` is their sum, what a training loop adds to its
+    own loss (``minimoe.optim.training_step`` does), which trains the MTP modules too.
 
     Multi-token prediction (``num_nextn_predict_layers`` = D > 0, forward without a cache): ``mtp_logits[k - 1]``
     is module k's output, one entry per position i = 0 … T − k − 1 predicting token i + k + 1 (a list, since the
-    lengths differ); ``mtp_loss`` = λ · L_MTP (DeepSeek-V3 Eq. (25), ``minimoe.mtp.mtp_loss``). ``hidden`` is the
-    main model's last hidden state before the final norm, h^0, which the first MTP module reads.
+    lengths differ). ``hidden`` is the main model's last hidden state before the final norm, h^0, which the first
+    MTP module reads.
 
-    Shapes: logits (B, T, V); aux_loss (); mtp_logits D × (B, T − k, V); mtp_loss (); hidden (B, T, D).
+    Shapes: logits (B, T, V); balance_loss (); mtp_logits D × (B, T − k, V); mtp_loss (); hidden (B, T, d).
     """
 
     logits: torch.Tensor
     routing: list[RoutingRecord] = field(default_factory=list)
-    aux_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    balance_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     mtp_logits: list[torch.Tensor] = field(default_factory=list)
     mtp_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     hidden: torch.Tensor | None = None
+
+    @property
+    def aux_loss(self) -> torch.Tensor:
+        """``balance_loss + mtp_loss``: everything the model adds to a training loop's loss. Shapes: ()."""
+        return self.balance_loss + self.mtp_loss
 
 
 class Block(nn.Module):
@@ -76,8 +85,8 @@ class Block(nn.Module):
         """The layer's output and its routing. ``cos_sin`` and ``mask`` come from ``Transformer.forward``; without
         them (a block called on its own) the attention uses positions ``len(cache) + arange(T)`` and a causal mask.
 
-        Shapes: x (B, T, D), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
-        -> (B, T, D) and the MoE layer's RoutingRecord (None for a dense FFN)."""
+        Shapes: x (B, T, d), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
+        -> (B, T, d) and the MoE layer's RoutingRecord (None for a dense FFN)."""
         x = x + self.attn(self.attn_norm(x), cache=cache, cos_sin=cos_sin, mask=mask)
         if isinstance(self.ffn, DeepSeekMoE):
             h, record = self.ffn.forward_routed(self.ffn_norm(x), self.layer_idx)
@@ -97,7 +106,7 @@ class MTPModule(nn.Module):
         self.depth = depth  # k = 1 … D
         self.norm_h = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_e = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)  # M_k: (D, 2D)
+        self.proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)  # M_k: (d, 2d)
         self.block = Block(cfg, cfg.num_hidden_layers - 1, attn_mode)  # the last layer's type (V3: MoE)
         self.block.layer_idx = cfg.num_hidden_layers + depth - 1  # its routing is reported after the main layers'
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -106,8 +115,8 @@ class MTPModule(nn.Module):
                 mask: torch.Tensor | None) -> tuple[torch.Tensor, RoutingRecord | None]:
         """h^k (before the norm) and the block's routing, from h^{k−1} and the embeddings of the tokens k ahead.
 
-        Shapes: h_prev (B, n, D), emb_next (B, n, D), cos_sin 2 × (B, n, d_r/2), mask (B, n, n) or None
-        -> (B, n, D) and a RoutingRecord or None."""
+        Shapes: h_prev (B, n, d), emb_next (B, n, d), cos_sin 2 × (B, n, d_r/2), mask (B, n, n) or None
+        -> (B, n, d) and a RoutingRecord or None."""
         h = mtp_combine(h_prev, emb_next, self.norm_h, self.norm_e, self.proj)  # Eq. (21)
         return self.block(h, cos_sin, mask)  # Eq. (22)
 
@@ -116,8 +125,8 @@ class Transformer(nn.Module):
     """Causal LM: ``embed`` → ``layers`` → ``norm`` → ``head``; ``model(tokens).logits`` are next-token logits.
 
     ``attn_mode`` ("naive" | "absorbed") picks how MLA computes attention (DeepSeek-V2 §2.1.3, App. C); both modes
-    share the weights, so ``set_attn_mode`` switches at any time (but not in the middle of a cached generation:
-    the two modes cache different tensors). Weights are initialised from N(0, initializer_range²), norms to one.
+    share the weights, so ``set_attn_mode`` (or, for a block of code, ``attention_mode``) switches at any time (but
+    not in the middle of a cached generation: the two modes cache different tensors). Weights are initialised from N(0, initializer_range²), norms to one.
 
     One forward is one pass with no hidden state: inputs are validated once, positions, the RoPE table (as
     DeepSeek-V3's ``freqs_cis``) and the mask are computed once and passed to every layer, and the routing of each
@@ -160,11 +169,29 @@ class Transformer(nn.Module):
         return [LayerCache() for _ in self.layers]
 
     def set_attn_mode(self, mode: str) -> None:
-        """Switch every MLA layer to ``mode`` ("naive" | "absorbed"); the weights are unchanged."""
+        """Switch every MLA layer, the MTP modules' included, to ``mode`` ("naive" | "absorbed"); the weights are
+        unchanged."""
         _check_attn_mode(self.cfg, mode)
-        for layer in [*self.layers, *(module.block for module in self.mtp)]:
-            if isinstance(layer.attn, MultiHeadLatentAttention):
-                layer.attn.mode = mode
+        for attn in self._mla_layers():
+            attn.mode = mode
+
+    @contextmanager
+    def attention_mode(self, mode: str) -> Iterator[Transformer]:
+        """``with model.attention_mode("absorbed"):`` runs every MLA layer, the MTP modules' included, in ``mode``
+        inside the block, then gives each layer back its own mode (also when the block raises)."""
+        _check_attn_mode(self.cfg, mode)
+        layers = self._mla_layers()
+        saved = [attn.mode for attn in layers]
+        self.set_attn_mode(mode)
+        try:
+            yield self
+        finally:
+            for attn, own in zip(layers, saved):
+                attn.mode = own
+
+    def _mla_layers(self) -> list[MultiHeadLatentAttention]:
+        blocks = [*self.layers, *(module.block for module in self.mtp)]
+        return [block.attn for block in blocks if isinstance(block.attn, MultiHeadLatentAttention)]
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cache: list[LayerCache] | None = None, padding_mask: torch.Tensor | None = None,
@@ -173,8 +200,8 @@ class Transformer(nn.Module):
 
         ``cache`` (from ``new_cache()``) holds the earlier positions; ``padding_mask`` covers them and the new ones
         (True = real token); ``position_ids`` default to ``len(cache) + arange(T)`` for every row. An empty batch
-        (B = 0 or T = 0) returns empty logits. With MTP modules and no cache, the forward also runs them and adds
-        λ · L_MTP to ``aux_loss``; their targets come from ``tokens`` or, when given, from the next-token
+        (B = 0 or T = 0) returns empty logits. With MTP modules and no cache, the forward also runs them and returns
+        λ · L_MTP as ``mtp_loss``; their targets come from ``tokens`` or, when given, from the next-token
         ``targets`` of the batch (``IGNORE_INDEX`` = skipped; see ``minimoe.mtp.mtp_targets``).
 
         Shapes: tokens (B, T) integer, position_ids (B, T), padding_mask (B, S) bool, targets (B, T) or None
@@ -185,12 +212,12 @@ class Transformer(nn.Module):
         device = tokens.device
         if B == 0 or T == 0:
             logits = torch.zeros(B, T, self.cfg.vocab_size, dtype=self.head.weight.dtype, device=device)
-            return ModelOutput(logits, [], torch.zeros((), device=device))
+            return ModelOutput(logits, [], torch.zeros((), device=device), mtp_loss=torch.zeros((), device=device))
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=device).expand(B, T)  # (B, T)
         cos_sin = self.rope.cos_sin(position_ids)  # 2 × (B, T, d_r/2), once for all layers
         mask = causal_mask(B, T, past, padding_mask, device)  # (B, T, S) or None = plain causal
-        x = self.embed(tokens)  # (B, T, D)
+        x = self.embed(tokens)  # (B, T, d)
         routing: list[RoutingRecord] = []
         for i, layer in enumerate(self.layers):
             x, record = layer(x, cos_sin, mask, None if cache is None else cache[i])
@@ -200,15 +227,15 @@ class Transformer(nn.Module):
         mtp_logits: list[torch.Tensor] = []
         h = x  # h^0: the main model's representation, before the final norm
         for k in range(1, len(self.mtp) + 1 if cache is None else 1):
-            h, logits_k, record = self.mtp_step(k, h, tokens, cos_sin, mask)  # (B, T - k, D), (B, T - k, V)
+            h, logits_k, record = self.mtp_step(k, h, tokens, cos_sin, mask)  # (B, T - k, d), (B, T - k, V)
             mtp_logits.append(logits_k)
             if record is not None:
                 routing.append(record)
-        aux_loss = routing_balance_loss(routing, self.cfg).to(device)
+        balance_loss = routing_balance_loss(routing, self.cfg).to(device)
         loss_mtp = torch.zeros((), device=device)
         if mtp_logits:
             loss_mtp = mtp_loss(mtp_logits, tokens, self.cfg.mtp_loss_weight, targets).to(device)  # Eq. (25)
-        return ModelOutput(logits, routing, aux_loss + loss_mtp, mtp_logits, loss_mtp, x)
+        return ModelOutput(logits, routing, balance_loss, mtp_logits, loss_mtp, x)
 
     def mtp_step(self, depth: int, h_prev: torch.Tensor, tokens: torch.Tensor,
                  cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
@@ -217,14 +244,14 @@ class Transformer(nn.Module):
         positions: position i combines h^{k−1}_i with Emb(tokens[:, i + k]). Returns h^k, its logits through the
         shared head, and the routing. ``cos_sin`` and ``mask`` are the main model's (no cache), cut to n.
 
-        Shapes: h_prev (B, T_h, D), tokens (B, T_tok), cos_sin 2 × (B, ≥ n, d_r/2), mask (B, ≥ n, ≥ n) or None
-        -> h (B, n, D), logits (B, n, V), RoutingRecord or None.
+        Shapes: h_prev (B, T_h, d), tokens (B, T_tok), cos_sin 2 × (B, ≥ n, d_r/2), mask (B, ≥ n, ≥ n) or None
+        -> h (B, n, d), logits (B, n, V), RoutingRecord or None.
         """
         module = self.mtp[depth - 1]
         n = min(h_prev.shape[1], tokens.shape[1] - depth)
         cos, sin = cos_sin
         h, record = module(h_prev[:, :n], self.embed(tokens[:, depth:depth + n]), (cos[:, :n], sin[:, :n]),
-                           None if mask is None else mask[:, :n, :n])  # (B, n, D)
+                           None if mask is None else mask[:, :n, :n])  # (B, n, d)
         return h, self.head(module.norm(h)), record
 
     @torch.no_grad()

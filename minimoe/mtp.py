@@ -41,19 +41,19 @@ def mtp_combine(h_prev: torch.Tensor, emb_next: torch.Tensor, norm_h: Fn, norm_e
 
     ``h_prev`` is the previous depth's representation at positions i (the main model's for k = 1), ``emb_next``
     the embedding of the token k steps ahead of each position, ``norm_h`` / ``norm_e`` the two RMSNorms and
-    ``proj`` the projection M_k (D × 2D, e.g. an ``nn.Linear(2 * D, D, bias=False)``).
+    ``proj`` the projection M_k (d × 2d, e.g. an ``nn.Linear(2 * d, d, bias=False)``).
 
-    Shapes: h_prev (B, T, D), emb_next (B, T, D) -> (B, T, D).
+    Shapes: h_prev (B, T, d), emb_next (B, T, d) -> (B, T, d).
     """
     if not isinstance(h_prev, torch.Tensor) or not isinstance(emb_next, torch.Tensor):
         raise TypeError("h_prev and emb_next must be tensors")
     if h_prev.dim() != 3 or h_prev.shape != emb_next.shape:
-        raise ValueError(f"h_prev and emb_next must both have shape (B, T, D), got h_prev {tuple(h_prev.shape)} and "
+        raise ValueError(f"h_prev and emb_next must both have shape (B, T, d), got h_prev {tuple(h_prev.shape)} and "
                          f"emb_next {tuple(emb_next.shape)}")
     joined = torch.cat([norm_h(h_prev), norm_e(emb_next)], dim=-1)  # (B, T, 2D)
     out = proj(joined)  # Eq. (21): M_k [·; ·]
     if out.shape != h_prev.shape:
-        raise ValueError(f"proj must map (B, T, 2D) = {tuple(joined.shape)} to (B, T, D) = {tuple(h_prev.shape)}, "
+        raise ValueError(f"proj must map (B, T, 2d) = {tuple(joined.shape)} to (B, T, d) = {tuple(h_prev.shape)}, "
                          f"got {tuple(out.shape)}")
     return out
 

@@ -14,7 +14,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Root-mean-square normalisation over the last dimension.
 
     Shapes:
-        x: (..., D); weight: (D,); returns (..., D) in x's dtype.
+        x: (..., d); weight: (d,); returns (..., d) in x's dtype.
     """
     x_wide = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 for half types; float64 stays float64
     x_wide = x_wide * torch.rsqrt(x_wide.pow(2).mean(-1, keepdim=True) + eps)

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from minimoe.attention.masking import causal_mask
-from minimoe.generate import _as_batch, _check_sampling, sampling_probs
+from minimoe.sampling import check_finite_logits, check_sampling, checked_prompts, left_pad, sample_next, \
+    sampling_probs
 
 __all__ = ["SpeculativeStats", "accept_drafts", "speculative_generate"]
 
@@ -102,19 +103,12 @@ def speculative_generate(model: nn.Module, prompts: list[list[int]] | list[int],
 
     Shapes: prompts left-padded to (B, P); each round feeds (B, 1 + n) with the cache, or everything without it.
     """
-    prompts = _as_batch(prompts)
-    _check_sampling(temperature, top_k, top_p)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens!r}) must be a non-negative integer")
-    cfg = model.cfg
+    prompts = checked_prompts(prompts, max_new_tokens, model.cfg.max_position_embeddings)
+    check_sampling(temperature, top_k, top_p)
     D = len(getattr(model, "mtp", ()))
     if D == 0:
         raise ValueError("speculative='mtp' needs MTP modules to draft with: build the model with "
                          "num_nextn_predict_layers >= 1")
-    width = max(len(p) for p in prompts)
-    if width + max_new_tokens - 1 > cfg.max_position_embeddings:
-        raise ValueError(f"the longest prompt ({width}) plus max_new_tokens ({max_new_tokens}) exceeds "
-                         f"max_position_embeddings ({cfg.max_position_embeddings})")
     B = len(prompts)
     stats = SpeculativeStats(proposed=[0] * D, accepted=[0] * D)
     completions: list[list[int]] = [[] for _ in prompts]
@@ -123,12 +117,7 @@ def speculative_generate(model: nn.Module, prompts: list[list[int]] | list[int],
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    seq = torch.full((B, width), pad_token_id, dtype=torch.long, device=device)  # (B, L) committed tokens
-    pmask = torch.zeros(B, width, dtype=torch.bool, device=device)  # (B, L)
-    for row, prompt in enumerate(prompts):
-        seq[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        pmask[row, width - len(prompt):] = True
-    pos = (pmask.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, L)
+    seq, pmask, pos = left_pad(prompts, pad_token_id, device)  # (B, L) each: the committed tokens
     done = torch.zeros(B, dtype=torch.bool, device=device)
 
     def commit(new: torch.Tensor) -> None:  # (B, c): append to every live row, stopping a row at EOS
@@ -145,9 +134,9 @@ def speculative_generate(model: nn.Module, prompts: list[list[int]] | list[int],
         cache = model.new_cache() if use_cache else None
         out = model(seq, position_ids=pos, cache=cache, padding_mask=pmask)  # the prefill
         stats.forward_passes += 1
-        _check_finite(out.logits[:, -1], 0)
-        first = _draw(out.logits[:, -1:], temperature, top_k, top_p, generator)  # (B, 1)
-        h0 = out.hidden  # (B, L, D): h^0 of every committed position but the newest
+        check_finite_logits(out.logits[:, -1], 0)
+        first = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)[:, None]  # (B, 1)
+        h0 = out.hidden  # (B, L, d): h^0 of every committed position but the newest
         seq, pos, pmask = _extend(seq, pos, pmask, first)
         commit(first)
         stats.positions += 1
@@ -160,12 +149,12 @@ def speculative_generate(model: nn.Module, prompts: list[list[int]] | list[int],
             L = seq.shape[1]
             if use_cache:  # the newest token and the drafts, in one forward
                 out = model(ext[:, L - 1:], position_ids=ext_pos[:, L - 1:], cache=cache, padding_mask=ext_mask)
-                verified, hidden = out.logits, out.hidden  # (B, n + 1, V), (B, n + 1, D)
+                verified, hidden = out.logits, out.hidden  # (B, n + 1, V), (B, n + 1, d)
             else:
                 out = model(ext, position_ids=ext_pos, padding_mask=ext_mask)
                 verified, hidden = out.logits[:, L - 1:], out.hidden[:, L - 1:]
             stats.forward_passes += 1
-            _check_finite(verified, stats.positions)
+            check_finite_logits(verified, stats.positions)
             accepted, fallback = accept_drafts(drafts, verified, draft_probs, temperature, top_k, top_p, generator)
             run = accepted.long().cumprod(dim=1)  # (B, n): 1 while every draft so far is accepted
             n_ok = run.sum(dim=1)  # (B,) drafts accepted per row
@@ -196,7 +185,7 @@ def _draft(model: nn.Module, h0: torch.Tensor, seq: torch.Tensor, pos: torch.Ten
            temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n drafts from MTP modules 1 … n at the last position: module k reads h^{k−1} and the token k ahead, the
-    newest committed token for k = 1 and draft k − 1 after. Shapes: h0 (B, L − 1, D), seq (B, L)
+    newest committed token for k = 1 and draft k − 1 after. Shapes: h0 (B, L − 1, d), seq (B, L)
     -> drafts (B, n), their distributions (B, n, V) (None when greedy)."""
     B, L = seq.shape
     if n == 0:
@@ -205,7 +194,7 @@ def _draft(model: nn.Module, h0: torch.Tensor, seq: torch.Tensor, pos: torch.Ten
     mask = causal_mask(B, L - 1, 0, pmask[:, :-1], seq.device)
     ext, h, probs = seq, h0, []
     for k in range(1, n + 1):
-        h, logits, _ = model.mtp_step(k, h, ext, cos_sin, mask)  # (B, L - 1, D), (B, L - 1, V)
+        h, logits, _ = model.mtp_step(k, h, ext, cos_sin, mask)  # (B, L - 1, d), (B, L - 1, V)
         if temperature == 0:
             draft = logits[:, -1].argmax(dim=-1)  # (B,)
         else:
@@ -216,24 +205,9 @@ def _draft(model: nn.Module, h0: torch.Tensor, seq: torch.Tensor, pos: torch.Ten
     return ext[:, L:], (torch.stack(probs, dim=1) if probs else None)
 
 
-def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from (B, 1, V) logits -> (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = sampling_probs(logits[:, 0], temperature, top_k, top_p)
-    return torch.multinomial(probs, 1, generator=generator)
-
-
 def _extend(seq: torch.Tensor, pos: torch.Tensor, pmask: torch.Tensor, new: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     c = new.shape[1]
     steps = torch.arange(1, c + 1, device=seq.device)
     return (torch.cat([seq, new], dim=1), torch.cat([pos, pos[:, -1:] + steps], dim=1),
             torch.cat([pmask, pmask.new_ones(seq.shape[0], c)], dim=1))
-
-
-def _check_finite(logits: torch.Tensor, step: int) -> None:
-    if not bool(torch.isfinite(logits).all()):
-        raise FloatingPointError(f"the model returned non-finite logits at generation step {step} "
-                                 "(NaN or inf in the weights or activations?)")

@@ -1,13 +1,13 @@
-"""Language-model training for minimoe: the loop. AdamW, warm-up + cosine schedule and clipping come from
-``minimoe.optim``, checkpoints from ``minimoe.checkpoint``, the metrics record from ``minimoe.history``.
+"""Language-model training for minimoe: the loop. Each step is ``minimoe.optim.training_step`` on the next-token
+cross-entropy; checkpoints come from ``minimoe.checkpoint``, the metrics record from ``minimoe.history``.
 
 The recipe is DeepSeek-V3's (DeepSeek-V3 §4.2) at toy scale: AdamW with β = (0.9, 0.95) and weight decay 0.1,
 gradient clipping at 1.0, a linear warm-up then a cosine decay. Load balancing is the model's business, set in its
-``ModelConfig`` (``aux_loss_alpha``, ``seq_aux``, ``bias_update_speed``): each step adds the forward's ``aux_loss``
-(DeepSeek-V2 §2.2.3; DeepSeek-V3 Eq. (17)–(20)) to the LM loss and then calls ``model.update_routing_bias`` with
-the step's routing (the auxiliary-loss-free bias, DeepSeek-V3 §2.1.2; a no-op without a bias). To train with other
-balancing, train a model built from ``cfg.replace(...)``. Every step records its metrics in a ``History`` so the
-notebooks can plot loss, learning rate and per-layer expert load.
+``ModelConfig`` (``aux_loss_alpha``, ``seq_aux``, ``bias_update_speed``): the training step adds the forward's
+balance loss (DeepSeek-V2 §2.2.3; DeepSeek-V3 Eq. (17)–(20)) and MTP loss to the LM loss and then updates the
+routing bias with the step's routing (the auxiliary-loss-free bias, DeepSeek-V3 §2.1.2; a no-op without a bias).
+To train with other balancing, train a model built from ``cfg.replace(...)``. Every step records its metrics in a
+``History`` so the notebooks can plot loss, learning rate and per-layer expert load.
 
 ``data_fn(step, batch_size, seq_len, generator) -> (inputs, targets)`` supplies batches of token ids (B, T); a
 target of ``IGNORE_INDEX`` (-100) is ignored by the loss. ``minimoe.tasks`` holds ready-made ones.
@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from minimoe.checkpoint import Checkpoint, CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
 from minimoe.history import History
-from minimoe.moe import DeepSeekMoE, expert_load, max_violation
-from minimoe.optim import check_finite_loss, clip_gradients, make_optimizer, set_lr, warmup_cosine
+from minimoe.moe import DeepSeekMoE
+from minimoe.optim import STEP_METRICS, lr_at, make_optimizer, training_step
 from minimoe.tasks.sequences import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "Checkpoint", "CheckpointError", "DataFn", "History", "TrainConfig", "checkpoint_dir",
@@ -102,11 +102,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of ``step`` (0-based) under ``cfg``: ``minimoe.optim.warmup_cosine``."""
-    return warmup_cosine(step, lr=cfg.lr, warmup=cfg.warmup, steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio)
-
-
 def optimizer_for(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """``make_optimizer`` with ``cfg``'s learning rate, betas and weight decay."""
     return make_optimizer(model, cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -122,10 +117,10 @@ def train(model: nn.Module, data_fn: DataFn, cfg: TrainConfig,
           optimizer: torch.optim.Optimizer | None = None) -> History:
     """Train ``model`` in place for ``cfg.steps`` steps on batches from ``data_fn``; return the metrics history.
 
-    Each step: ``out = model(inputs)`` → LM cross-entropy + ``out.aux_loss`` → backward → clip → AdamW step →
-    ``model.update_routing_bias(out.routing)`` (DeepSeek-V3 §2.1.2). A NaN or ±inf loss or gradient raises
-    ``FloatingPointError`` naming the step. Pass your own ``optimizer`` to keep its state (e.g. for
-    ``save_checkpoint``); by default ``optimizer_for(model, cfg)`` builds one.
+    Each step: ``out = model(inputs)`` → LM cross-entropy ``lm_loss`` → ``minimoe.optim.training_step`` (+ the
+    balance and MTP losses, backward, clip, AdamW on the warm-up + cosine schedule, routing-bias update). A NaN or
+    ±inf loss or gradient raises ``FloatingPointError`` naming the step. Pass your own ``optimizer`` to keep its
+    state (e.g. for ``save_checkpoint``); by default ``optimizer_for(model, cfg)`` builds one.
 
     Shapes: data_fn(step, B, T, generator) -> inputs (B, T) long, targets (B, T) long (IGNORE_INDEX = ignored).
     """
@@ -136,8 +131,7 @@ def train(model: nn.Module, data_fn: DataFn, cfg: TrainConfig,
     model.to(cfg.device).train()
     optimizer = optimizer_for(model, cfg) if optimizer is None else optimizer
     generator = torch.Generator().manual_seed(cfg.seed)
-    history = History(moe_layers=[], step=[], loss=[], lm_loss=[], balance_loss=[], lr=[], grad_norm=[],
-                      expert_load=[], max_vio=[])
+    history = History(moe_layers=[], step=[], lm_loss=[], **{name: [] for name in STEP_METRICS})
     bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress)
     try:
         for step in bar:
@@ -159,31 +153,18 @@ def train(model: nn.Module, data_fn: DataFn, cfg: TrainConfig,
 def _train_step(model: nn.Module, data_fn: DataFn, cfg: TrainConfig, optimizer: torch.optim.Optimizer,
                 generator: torch.Generator, history: History, step: int, bar: tqdm) -> None:
     """One optimizer step; appends its metrics to ``history``."""
-    n_experts = model.cfg.n_routed_experts
-    lr = lr_at(step, cfg)
-    set_lr(optimizer, lr)
     inputs, targets = _batch(data_fn, step, cfg, generator, model.cfg.vocab_size)
     out = model(inputs)
     lm_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-    bal_loss = out.aux_loss.to(lm_loss.device)
-    loss = lm_loss + bal_loss
-    check_finite_loss(loss, step, f"lower lr ({cfg.lr}) or check the data")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = clip_gradients(model, cfg.grad_clip, step)
-    optimizer.step()
-    with torch.no_grad():
-        model.update_routing_bias(out.routing)
-    loads = [expert_load(record.experts, n_experts) for record in out.routing]  # per MoE layer (E,)
+    record = training_step(model, optimizer, lm_loss, out, step=step, cfg=cfg,
+                           hint=f"lower lr ({cfg.lr}) or check the data")
     if not history.moe_layers:
-        history.moe_layers = [record.layer for record in out.routing]
-    history.record(step=step, loss=loss.item(), lm_loss=lm_loss.item(), balance_loss=bal_loss.item(), lr=lr,
-                   grad_norm=grad_norm, expert_load=[load.tolist() for load in loads],
-                   max_vio=[max_violation(load).item() for load in loads])
+        history.moe_layers = [r.layer for r in out.routing]  # the layers expert_load and max_vio follow
+    history.record(step=step, lm_loss=lm_loss.item(), **record)
     if step % cfg.log_every == 0 or step == cfg.steps - 1:
-        shown = {"loss": f"{lm_loss.item():.3f}", "lr": f"{lr:.1e}"}
-        if loads:
-            shown["maxvio"] = f"{max(history.max_vio[-1]):.2f}"
+        shown = {"loss": f"{lm_loss.item():.3f}", "lr": f"{record['lr']:.1e}"}
+        if record["max_vio"]:
+            shown["maxvio"] = f"{max(record['max_vio']):.2f}"
         bar.set_postfix(shown)
 
 

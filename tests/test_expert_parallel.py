@@ -29,7 +29,7 @@ def _check_against_single_process(rank: int, preset: str) -> None:
     moe = DeepSeekMoE(cfg).double()
     if moe.router.bias is not None:
         moe.router.bias.normal_(std=0.1)
-    x = torch.randn(WORLD, 3, 7, cfg.hidden_size, dtype=torch.float64)  # (W, B, T, D): rank r owns x[r]
+    x = torch.randn(WORLD, 3, 7, cfg.hidden_size, dtype=torch.float64)  # (W, B, T, d): rank r owns x[r]
     seed = torch.randn_like(x)
 
     x_all = x.clone().requires_grad_()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.generate import generate, sample_next
+from minimoe.generate import generate
+from minimoe.sampling import sample_next
 from minimoe.model import Transformer
 
 PROMPTS = [[5, 17, 3, 99, 42, 7], [8], [60, 61, 62]]

@@ -73,6 +73,21 @@ def test_naive_equals_absorbed():
     torch.testing.assert_close(model(tokens).logits, naive)
 
 
+def test_attention_mode_switches_every_block_and_restores_each_ones_own():
+    model = _model("tiny-v3", "naive", num_nextn_predict_layers=1)
+    model.layers[0].attn.mode = "absorbed"  # a mixed model: each block gets its own mode back
+    own = [layer.attn.mode for layer in [*model.layers, model.mtp[0].block]]
+    tokens = torch.randint(0, 128, (2, 10))
+    naive = model(tokens).logits
+    with pytest.raises(RuntimeError, match="inside"), model.attention_mode("absorbed"):
+        assert all(layer.attn.mode == "absorbed" for layer in [*model.layers, model.mtp[0].block])
+        torch.testing.assert_close(model(tokens).logits, naive)
+        raise RuntimeError("inside the block")
+    assert [layer.attn.mode for layer in [*model.layers, model.mtp[0].block]] == own
+    with pytest.raises(ValueError, match="attn_mode"):
+        model.attention_mode("fast").__enter__()
+
+
 @pytest.mark.parametrize("preset, attn_mode, extra", [
     ("tiny-v3", "naive", {}), ("tiny-v3", "absorbed", {}), ("tiny-v2", "absorbed", {}),
     ("tiny-v2", "naive", {"attention_type": "mha", "num_key_value_heads": 2}),
@@ -126,8 +141,9 @@ def test_aux_loss_from_the_config_and_explicit_bias_update():
     out = model(tokens)
     unbiased = [r.scores.topk(2, dim=-1).indices for r in out.routing]  # DeepSeek-V3 Eq. (18)
     expected = sum(sequence_balance_loss(r.scores, i, 8, 0.1) for r, i in zip(out.routing, unbiased))
-    torch.testing.assert_close(out.aux_loss, expected.to(out.aux_loss.dtype))
-    assert out.aux_loss.requires_grad
+    torch.testing.assert_close(out.balance_loss, expected.to(out.balance_loss.dtype))
+    assert out.balance_loss.requires_grad and float(out.mtp_loss) == 0.0  # no MTP modules: no MTP loss
+    torch.testing.assert_close(out.aux_loss, out.balance_loss)
     bias = model.layers[1].ffn.router.bias
     before = bias.clone()
     model(tokens)  # a forward alone moves nothing

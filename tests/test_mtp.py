@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe import ModelConfig, Transformer, count_params, generate
+from minimoe.moe import routing_balance_loss
 from minimoe.mtp import IGNORE_INDEX, mtp_combine, mtp_cross_entropies, mtp_loss
 from minimoe.norm import RMSNorm
 from minimoe.speculative import accept_drafts
@@ -89,6 +90,13 @@ def test_forward_mtp_logits_loss_and_gradients(name):
     out = model(tokens)
     assert [tuple(lg.shape) for lg in out.mtp_logits] == [(2, 9, cfg.vocab_size), (2, 8, cfg.vocab_size)]
     torch.testing.assert_close(out.mtp_loss, mtp_loss(out.mtp_logits, tokens, 0.25))
+    balanced = Transformer(cfg.replace(aux_loss_alpha=0.1))
+    balanced.load_state_dict(model.state_dict())
+    both = balanced(tokens)  # the balance and MTP losses come apart; aux_loss is their sum
+    torch.testing.assert_close(both.mtp_loss, out.mtp_loss)
+    torch.testing.assert_close(both.balance_loss, routing_balance_loss(both.routing, balanced.cfg))
+    assert (both.balance_loss.item() > 0) == (name == "tiny-v3") and out.balance_loss.item() == 0.0
+    torch.testing.assert_close(both.aux_loss, both.balance_loss + both.mtp_loss)
     balance = Transformer(cfg.replace(num_nextn_predict_layers=0))
     n_main = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
     n_mtp = 2 if cfg.is_moe_layer(cfg.num_hidden_layers - 1) else 0  # an MTP block has the last layer's type

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer
+from minimoe.moe import update_selection_bias
+from minimoe.optim import lr_at
 from minimoe.rl import accuracy_reward
 from minimoe.rl.demo import addition_task, addition_trace, load_sft_policy, make_trainer, sft_examples
-from minimoe.rl.rollout import completion_logprobs, concat_rollouts, rollout_logprobs, sample_groups
+from minimoe.rl.rollout import completion_logprobs, concat_rollouts, sample_groups, score_completions
 from minimoe.rl.trainer import GRPOConfig, GRPOTrainer, load_grpo_checkpoint
 from minimoe.tasks import ArithmeticTask, CharTokenizer
 from minimoe.checkpoint import CheckpointError
@@ -20,9 +22,10 @@ from minimoe.checkpoint import CheckpointError
 TOK = CharTokenizer()
 
 
-def _policy(seed=0):
+def _policy(seed=0, **changes):
     torch.manual_seed(seed)
-    return Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=TOK.vocab_size, max_position_embeddings=96))
+    return Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=TOK.vocab_size, max_position_embeddings=96,
+                                               **changes))
 
 
 def _prompts():
@@ -64,7 +67,10 @@ def test_sampling_is_seeded_and_greedy_groups_agree():
 def test_completion_logprobs_equal_manual_gather_of_log_softmax():
     policy = _policy().double()
     rollout = sample_groups(policy, TOK, _prompts(), 2, 10, temperature=1.0, seed=1)
-    logprobs, entropy = rollout_logprobs(policy, rollout, temperature=0.7, with_entropy=True)
+    logprobs, entropy, _ = score_completions(policy, rollout, temperature=0.7)
+    torch.testing.assert_close(completion_logprobs(policy, rollout.prompt_ids, rollout.prompt_mask,
+                                                   rollout.completion_ids, rollout.completion_mask,
+                                                   temperature=0.7, with_entropy=True), (logprobs, entropy))
     assert logprobs.shape == entropy.shape == rollout.completion_ids.shape
     for row in range(len(rollout.completions)):  # each row alone, unpadded, positions from 0
         prompt = rollout.prompt_ids[row][rollout.prompt_mask[row]]
@@ -81,10 +87,10 @@ def test_completion_logprobs_equal_manual_gather_of_log_softmax():
 def test_logprobs_carry_gradients_and_reject_bad_shapes():
     policy = _policy()
     rollout = sample_groups(policy, TOK, _prompts(), 2, 6, temperature=1.0, seed=2)
-    rollout_logprobs(policy, rollout).sum().backward()
+    score_completions(policy, rollout).logprobs.sum().backward()
     assert policy.embed.weight.grad is not None and policy.embed.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="temperature"):
-        rollout_logprobs(policy, rollout, temperature=0.0)
+        score_completions(policy, rollout, temperature=0.0)
     with pytest.raises(ValueError, match="completion_ids"):
         completion_logprobs(policy, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids[:2],
                             rollout.completion_mask[:2])
@@ -98,7 +104,8 @@ def test_select_and_concat_groups():
     both = concat_rollouts([kept, rollout.select_groups(torch.tensor([False, True, False]))], TOK.pad_id)
     assert both.completions == kept.completions + rollout.completions[2:4] and both.prompt_ids.shape[0] == 6
     with torch.no_grad():
-        torch.testing.assert_close(rollout_logprobs(policy, both)[:4].sum(-1), rollout_logprobs(policy, kept).sum(-1))
+        torch.testing.assert_close(score_completions(policy, both).logprobs[:4].sum(-1),
+                                   score_completions(policy, kept).logprobs.sum(-1))
 
 
 # ---------------------------------------------------------------- configuration
@@ -108,7 +115,7 @@ def test_select_and_concat_groups():
     ("temperature", 0.0, "temperature"), ("epsilon_low", 1.5, "epsilon_low"), ("beta", -0.1, "beta"),
     ("num_iterations", 0, "num_iterations"), ("ref_reset_every", 0, "ref_reset_every"),
     ("template", "no placeholder", "template"), ("steps", 2.5, "steps"), ("betas", (0.9, 1.0), "betas"),
-    ("lr_schedule", "linear", "lr_schedule"), ("min_lr_ratio", 2.0, "min_lr_ratio"),
+    ("warmup", -1, "warmup"), ("min_lr_ratio", 2.0, "min_lr_ratio"),
     ("temperature", float("nan"), "temperature")])
 def test_bad_settings_raise_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -167,6 +174,37 @@ def test_short_run_from_the_shipped_checkpoint_improves_the_policy():
     assert sum(history.accuracy[-5:]) / 5 > before, history.accuracy  # sampling, too, now beats greedy SFT
     assert max(history.clip_fraction) > 0  # num_iterations = 2: the second pass moves the ratio
     assert history.kl[0] < 1e-6 < history.kl[-1] and all(e > 0 for e in history.entropy)
+
+
+# ---------------------------------------------------------------- an MoE policy stays balanced during RL
+
+def _varied(completions, problems):
+    return torch.arange(len(completions), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.01])
+def test_grpo_moves_the_routing_bias_by_the_load_of_its_training_forward(gamma):
+    # DeepSeek-V3 §2.1.2: every optimizer step moves the selection bias by ±γ from its routing; RL is no exception.
+    trainer = _one_step(_varied, policy=_policy(bias_update_speed=gamma))
+    bias = trainer.policy.layers[1].ffn.router.bias  # tiny-v3: layer 1 is the MoE layer
+    assert not bias.any()
+    metrics = trainer.train_step()
+    load = torch.tensor(metrics["expert_load"][0])  # (E,): the load of the policy's scoring forward
+    assert torch.equal(bias, update_selection_bias(torch.zeros_like(bias), load, gamma))
+    assert bool(bias.any()) == (gamma > 0) and metrics["max_vio"][0] == pytest.approx(load.max().item() * 8 - 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
+def test_grpo_adds_the_policys_balance_loss(alpha):
+    # Equal rewards give every completion advantage 0: with β = 0 the GRPO loss has no gradient at all, so only the
+    # balance loss the policy's config asks for (aux_loss_alpha) can move the router, and it must.
+    policy = _policy(aux_loss_alpha=alpha, bias_update_speed=0.0)
+    router = policy.layers[1].ffn.router.weight
+    before = router.detach().clone()
+    metrics = _one_step(lambda c, p: torch.ones(len(c)), policy=policy).train_step()
+    assert metrics["grpo_loss"] == 0.0 and (metrics["balance_loss"] > 0) == (alpha > 0)
+    assert metrics["loss"] == pytest.approx(metrics["grpo_loss"] + metrics["balance_loss"])
+    assert (not torch.equal(router, before)) == (alpha > 0)
 
 
 def test_dynamic_sampling_drops_groups_without_signal():
@@ -233,10 +271,10 @@ def test_dynamic_sampling_drops_groups_of_equal_non_integer_rewards():
 
 # ---------------------------------------------------------------- failing loudly
 
-def _one_step(reward_fn, **changes):
+def _one_step(reward_fn, policy=None, **changes):
     cfg = GRPOConfig(**{**dict(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=4, template="{question}",
                                progress=False), **changes})
-    return GRPOTrainer(_policy(), TOK, ArithmeticTask(max_digits=1), reward_fn, cfg)
+    return GRPOTrainer(_policy() if policy is None else policy, TOK, ArithmeticTask(max_digits=1), reward_fn, cfg)
 
 
 def nan_reward(completions, problems):
@@ -268,14 +306,17 @@ def test_a_reward_of_the_wrong_length_raises_naming_the_function():
         _one_step(combine_rewards([(accuracy_reward, 1.0), (short_reward, 0.1)])).train_step()
 
 
-def test_the_cosine_schedule_warms_up_as_the_constant_one_then_decays_to_the_floor():
-    constant = _one_step(accuracy_reward, steps=20, warmup_steps=4)
-    cosine = _one_step(accuracy_reward, steps=20, warmup_steps=4, lr_schedule="cosine", min_lr_ratio=0.1)
+def test_grpo_follows_the_one_schedule_constant_by_default():
+    constant = _one_step(accuracy_reward, steps=20, warmup=5)
+    cosine = _one_step(accuracy_reward, steps=20, warmup=5, min_lr_ratio=0.1)
     lr = constant.cfg.lr
-    assert [cosine.lr_at(s) for s in range(5)] == [constant.lr_at(s) for s in range(5)] == \
+    assert [lr_at(s, cosine.cfg) for s in range(5)] == [lr_at(s, constant.cfg) for s in range(5)] == \
         pytest.approx([lr * (s + 1) / 5 for s in range(5)])
-    assert constant.lr_at(19) == lr and cosine.lr_at(19) == pytest.approx(0.1 * lr)
-    assert all(a >= b for a, b in zip([cosine.lr_at(s) for s in range(4, 20)], [cosine.lr_at(s) for s in range(5, 20)]))
+    assert lr_at(19, constant.cfg) == lr and lr_at(19, cosine.cfg) == pytest.approx(0.1 * lr)
+    lrs = [lr_at(s, cosine.cfg) for s in range(4, 20)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    cosine.train_step()  # the training step sets the optimizer's rate from the same schedule
+    assert cosine.history.lr == [lr_at(0, cosine.cfg)] == [g["lr"] for g in cosine.optimizer.param_groups][:1]
 
 
 def test_the_grpo_optimizer_comes_from_the_toolkit_with_its_betas():

@@ -77,6 +77,15 @@ def test_the_loss_adds_the_models_aux_loss():
     assert without.balance_loss == [0.0] * 3
 
 
+def test_the_step_adds_the_balance_and_mtp_losses_and_records_them_apart():
+    history = train(tiny(aux_loss_alpha=0.01, num_nextn_predict_layers=1), TASK, quick(steps=3))
+    assert all(b > 0 for b in history.balance_loss) and all(m > 0 for m in history.mtp_loss)
+    for step in range(3):
+        total = history.lm_loss[step] + history.balance_loss[step] + history.mtp_loss[step]
+        assert history.loss[step] == pytest.approx(total)
+    assert history.moe_layers == [1, 2]  # the MTP block has the last layer's type (MoE): its routing is recorded
+
+
 def test_two_runs_with_one_seed_are_identical():
     first = train(tiny(), TASK, quick(steps=8))
     second = train(tiny(), TASK, quick(steps=8))

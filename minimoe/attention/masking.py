@@ -25,11 +25,11 @@ def check_attention_inputs(x: torch.Tensor, width: int, position_ids: torch.Tens
     (``s ≤ len(cache) + t``, causal by storage order) and is a real token (``padding_mask``).
 
     Shapes:
-        x: (B, T, D); position_ids: (B, T) or None; padding_mask: (B, S) or None, S = len(cache) + T;
+        x: (B, T, d); position_ids: (B, T) or None; padding_mask: (B, S) or None, S = len(cache) + T;
         returns position_ids (B, T) long and allowed (B, T, S) bool.
     """
     if x.dim() != 3:
-        raise ValueError(f"x must be 3-D (B, T, D), got shape {tuple(x.shape)}")
+        raise ValueError(f"x must be 3-D (B, T, d), got shape {tuple(x.shape)}")
     if x.shape[-1] != width:
         raise ValueError(f"x has width {x.shape[-1]}, but hidden_size is {width}")
     if not x.is_floating_point():

@@ -1,7 +1,7 @@
 """The baseline MLA is measured against: multi-head attention with a KV cache, and its GQA / MQA variants.
 
 MHA (Vaswani et al. 2017, Eq. (1); DeepSeek-V2 §2.1.1, Eq. (1)–(8)) gives every query head its own key and value
-head. GQA (Ainslie et al. 2023) shares each key/value head among G = n_h / n_g query heads, MQA (Shazeer 2019) is
+head. GQA (Ainslie et al. 2023) shares each key/value head among heads_per_kv = n_h / n_g query heads, MQA (Shazeer 2019) is
 n_g = 1. The cache holds ``2·n_g·d_h`` elements per token per layer (DeepSeek-V2 Table 1), which is what MLA cuts.
 RoPE turns the whole head (``cfg.baseline_head_dim``) in the layout ``cfg.rope_interleave`` names.
 """
@@ -19,23 +19,24 @@ from minimoe.attention.rope import RotaryEmbedding, apply_rope, softmax_scale
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                       scale: float) -> torch.Tensor:
     """``o_{t,i} = Σ_s softmax_s(q_{t,i}ᵀ k_{s,g(i)} · scale) v_{s,g(i)}`` with query head i using kv head
-    ``g(i) = i // G`` (DeepSeek-V2 Eq. (7); HF ``repeat_kv`` order), without copying k and v G times.
+    ``g(i) = i // heads_per_kv`` (DeepSeek-V2 Eq. (7); HF ``repeat_kv`` order), without copying k and v
+    heads_per_kv = H / n_g times. In the einsum strings n indexes the KV heads and g the query heads sharing one.
 
     Shapes:
         q: (B, T, H, d_h); k, v: (B, S, n_g, d_h); allowed: (B, T, S); returns (B, T, H, d_h).
     """
     B, T, H, d_h = q.shape
     n_g = k.shape[2]
-    q = q.view(B, T, n_g, H // n_g, d_h)  # (B, T, n_g, G, d_h)
-    scores = torch.einsum("btngd,bsnd->bngts", q, k) * scale  # (B, n_g, G, T, S)
-    weights = masked_softmax(scores, allowed[:, None, None])  # (B, n_g, G, T, S)
+    q = q.view(B, T, n_g, H // n_g, d_h)  # (B, T, n_g, heads_per_kv, d_h)
+    scores = torch.einsum("btngd,bsnd->bngts", q, k) * scale  # (B, n_g, heads_per_kv, T, S)
+    weights = masked_softmax(scores, allowed[:, None, None])  # (B, n_g, heads_per_kv, T, S)
     return torch.einsum("bngts,bsnd->btngd", weights, v).reshape(B, T, H, d_h)  # (B, T, H, d_h)
 
 
 class MultiHeadAttention(nn.Module):
     """MHA / GQA / MQA with RoPE and a ``LayerCache`` holding rotated ``k`` and ``v`` (B, S, n_g, d_h).
 
-    Parameters ``wq`` (D → H·d_h), ``wk``, ``wv`` (D → n_g·d_h), ``wo`` (H·d_h → D), HF ``q/k/v/o_proj`` layout.
+    Parameters ``wq`` (d → H·d_h), ``wk``, ``wv`` (d → n_g·d_h), ``wo`` (H·d_h → d), HF ``q/k/v/o_proj`` layout.
     """
 
     def __init__(self, cfg) -> None:
@@ -61,8 +62,8 @@ class MultiHeadAttention(nn.Module):
         ``cos_sin`` the inputs are checked and both derived here (as ``MultiHeadLatentAttention`` does).
 
         Shapes:
-            x: (B, T, D); position_ids: (B, T); padding_mask: (B, S); cos_sin: 2 × (B, T, d_h/2);
-            mask: (B, T, S) bool or None; returns (B, T, D).
+            x: (B, T, d); position_ids: (B, T); padding_mask: (B, S); cos_sin: 2 × (B, T, d_h/2);
+            mask: (B, T, S) bool or None; returns (B, T, d).
         """
         if cos_sin is None:
             position_ids, mask = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask,

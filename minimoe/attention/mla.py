@@ -46,10 +46,10 @@ def mla_absorbed_scores(q_latent: torch.Tensor, q_rope: torch.Tensor, c_kv: torc
 class MultiHeadLatentAttention(nn.Module):
     """MLA with optional query compression, decoupled RoPE and a naive or absorbed KV cache.
 
-    Parameters (DeepSeek-V3 ``inference/model.py`` names, HF layouts): ``wq`` (D → H·(n+r)) when
-    ``q_lora_rank is None``, else ``wq_a`` (D → d'_c) = W^DQ, ``q_norm``, ``wq_b`` (d'_c → H·(n+r)) = [W^UQ; W^QR];
-    ``wkv_a`` (D → d_c + r) = [W^DKV; W^KR]; ``kv_norm``; ``wkv_b`` (d_c → H·(n+v)) = [W^UK; W^UV] per head;
-    ``wo`` (H·v → D) = W^O. ``mode`` may be switched at any time; the cache it fills must match it.
+    Parameters (DeepSeek-V3 ``inference/model.py`` names, HF layouts): ``wq`` (d → H·(n+r)) when
+    ``q_lora_rank is None``, else ``wq_a`` (d → d'_c) = W^DQ, ``q_norm``, ``wq_b`` (d'_c → H·(n+r)) = [W^UQ; W^QR];
+    ``wkv_a`` (d → d_c + r) = [W^DKV; W^KR]; ``kv_norm``; ``wkv_b`` (d_c → H·(n+v)) = [W^UK; W^UV] per head;
+    ``wo`` (H·v → d) = W^O. ``mode`` may be switched at any time; the cache it fills must match it.
     """
 
     def __init__(self, cfg, mode: str = "naive") -> None:
@@ -58,17 +58,17 @@ class MultiHeadLatentAttention(nn.Module):
         self.hidden_size, self.n_heads = cfg.hidden_size, cfg.num_attention_heads
         self.q_lora_rank, self.kv_lora_rank, self.v_head_dim = cfg.q_lora_rank, cfg.kv_lora_rank, cfg.v_head_dim
         self.qk_nope_head_dim, self.qk_rope_head_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
-        H, D, qk_head_dim = cfg.num_attention_heads, cfg.hidden_size, cfg.qk_head_dim
+        H, d, qk_head_dim = cfg.num_attention_heads, cfg.hidden_size, cfg.qk_head_dim
         if cfg.q_lora_rank is None:
-            self.wq = nn.Linear(D, H * qk_head_dim, bias=False)
+            self.wq = nn.Linear(d, H * qk_head_dim, bias=False)
         else:
-            self.wq_a = nn.Linear(D, cfg.q_lora_rank, bias=cfg.attention_bias)
+            self.wq_a = nn.Linear(d, cfg.q_lora_rank, bias=cfg.attention_bias)
             self.q_norm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS)
             self.wq_b = nn.Linear(cfg.q_lora_rank, H * qk_head_dim, bias=False)
-        self.wkv_a = nn.Linear(D, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=cfg.attention_bias)
+        self.wkv_a = nn.Linear(d, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=cfg.attention_bias)
         self.kv_norm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS)
         self.wkv_b = nn.Linear(cfg.kv_lora_rank, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
-        self.wo = nn.Linear(H * cfg.v_head_dim, D, bias=cfg.attention_bias)
+        self.wo = nn.Linear(H * cfg.v_head_dim, d, bias=cfg.attention_bias)
         self.rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                                     cfg.rope_scaling, interleave=cfg.rope_interleave)
         self.scale = softmax_scale(cfg)
@@ -94,8 +94,8 @@ class MultiHeadLatentAttention(nn.Module):
         ``mask`` from ``causal_mask`` (None = plain causal); then ``position_ids``/``padding_mask`` are ignored.
 
         Shapes:
-            x: (B, T, D); position_ids: (B, T); padding_mask: (B, S); cos_sin: 2 × (B, T, r/2);
-            mask: (B, T, S) bool or None; returns (B, T, D).
+            x: (B, T, d); position_ids: (B, T); padding_mask: (B, S); cos_sin: 2 × (B, T, r/2);
+            mask: (B, T, S) bool or None; returns (B, T, d).
         """
         if cos_sin is None:
             position_ids, mask = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask,

@@ -100,8 +100,8 @@ def device_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts:
     n_tokens, k = scores.shape[0], topk_idx.shape[-1]
     f = n_experts / (k * n_tokens) * _selection_counts(topk_idx, n_experts)  # Eq. (24), (E,)
     p = scores.mean(dim=0)  # Eq. (25), (E,)
-    f_dev = f.view(n_devices, -1).mean(dim=-1)  # Eq. (27), (D,)
-    p_dev = p.view(n_devices, -1).sum(dim=-1)  # Eq. (28), (D,)
+    f_dev = f.view(n_devices, -1).mean(dim=-1)  # Eq. (27), (n_devices,)
+    p_dev = p.view(n_devices, -1).sum(dim=-1)  # Eq. (28), (n_devices,)
     return alpha * (f_dev.to(p_dev.dtype) * p_dev).sum()  # Eq. (26)
 
 
@@ -124,9 +124,9 @@ def communication_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_e
     n_tokens = scores.shape[0]
     device = idx // (n_experts // n_devices)  # (N, K): device of each selected expert
     sent = torch.zeros(n_tokens, n_devices, dtype=torch.bool, device=idx.device)
-    sent.scatter_(1, device, True)  # (N, D): token t sends to device d
-    f_comm = n_devices / (m_devices * n_tokens) * sent.sum(dim=0).float()  # Eq. (30), (D,)
-    p_comm = scores.mean(dim=0).view(n_devices, -1).sum(dim=-1)  # Eq. (31), (D,)
+    sent.scatter_(1, device, True)  # (N, n_devices): token t sends to device d
+    f_comm = n_devices / (m_devices * n_tokens) * sent.sum(dim=0).float()  # Eq. (30), (n_devices,)
+    p_comm = scores.mean(dim=0).view(n_devices, -1).sum(dim=-1)  # Eq. (31), (n_devices,)
     return alpha * (f_comm.to(p_comm.dtype) * p_comm).sum()  # Eq. (29)
 
 

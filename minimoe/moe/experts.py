@@ -36,7 +36,7 @@ class MLP(nn.Module):
     """SwiGLU feed-forward network ``w2(silu(w1 x) * w3 x)`` (w1 the SiLU branch, w3 the linear branch, w2 the
     output projection; HF gate_proj, up_proj, down_proj), as in DeepSeek's code.
 
-    Shapes: x (..., D) -> (..., D).
+    Shapes: x (..., d) -> (..., d).
     """
 
     def __init__(self, dim: int, inter: int) -> None:
@@ -97,7 +97,7 @@ def grouped_mm_supported(x: torch.Tensor) -> bool:
     """Whether this torch offers ``grouped_mm`` for x's device and dtype (CPU: float32/bfloat16/float16;
     CUDA: bfloat16 on compute capability ≥ 8.0, as its documentation states).
 
-    Shapes: x (N, D) -> bool.
+    Shapes: x (N, d) -> bool.
     """
     if _grouped_mm is None:
         return False
@@ -109,7 +109,7 @@ def grouped_mm_supported(x: torch.Tensor) -> bool:
 def resolve_impl(experts_impl: str, x: torch.Tensor) -> str:
     """The ``run_experts`` implementation for x: ``"auto"`` is ``grouped_mm`` on a GPU that offers it, else the loop.
 
-    Shapes: x (N, D) -> a name.
+    Shapes: x (N, d) -> a name.
     """
     if experts_impl not in EXPERTS_IMPLS:
         raise ValueError(f"experts_impl ({experts_impl!r}) must be one of {EXPERTS_IMPLS}")
@@ -130,18 +130,18 @@ def run_experts(x_sorted: torch.Tensor, counts: torch.Tensor, experts: nn.Module
     ``"grouped_mm"``: three grouped matrix products over the experts' weights stacked into (E, ·, ·) tensors
     (stacking copies all routed weights at every call).
 
-    Shapes: x_sorted (M, D), counts (E,) with counts.sum() = M -> (M, D).
+    Shapes: x_sorted (M, d), counts (E,) with counts.sum() = M -> (M, d).
     """
     if impl == "grouped_mm":
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows
         w1, w2, w3 = (torch.stack([getattr(e, w).weight for e in experts]) for w in ("w1", "w2", "w3"))
         act = _grouped_mm(x_sorted, w1.mT, offs=offs)  # (M, I)
         lin = _grouped_mm(x_sorted, w3.mT, offs=offs)  # (M, I)
-        return _grouped_mm(F.silu(act) * lin, w2.mT, offs=offs)  # (M, D)
+        return _grouped_mm(F.silu(act) * lin, w2.mT, offs=offs)  # (M, d)
     if impl != "loop":
         raise ValueError(f"impl ({impl!r}) must be 'loop' or 'grouped_mm'")
     outputs = [expert(rows) for expert, rows in zip(experts, x_sorted.split(counts.tolist())) if len(rows) > 0]
-    return torch.cat(outputs) if outputs else torch.zeros_like(x_sorted)  # (M, D)
+    return torch.cat(outputs) if outputs else torch.zeros_like(x_sorted)  # (M, d)
 
 
 def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, experts: nn.ModuleList,
@@ -149,20 +149,20 @@ def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
     """Σ_i g_{i,t} FFN^(r)_i(u_t) with the assignments sorted by expert; assignments with ``keep`` False are skipped.
 
     The loop adds each expert's weighted output straight into the result, so one expert's rows stay in cache
-    (measured faster on a CPU than concatenating an (N·K, D) buffer). Its rows are gathered one expert at a time,
+    (measured faster on a CPU than concatenating an (N·K, d) buffer). Its rows are gathered one expert at a time,
     except when a gradient is needed: then all at once, so that the backward pass scatters dL/dx once instead of
-    building one (N, D) zero gradient per expert. Without gradients only the experts that received tokens are
+    building one (N, d) zero gradient per expert. Without gradients only the experts that received tokens are
     visited (decoding one token touches K of E experts; splitting into E views cost as much as the experts).
 
-    Shapes: x (N, D), weights (N, K), indices (N, K), keep (N, K) bool -> (N, D).
+    Shapes: x (N, d), weights (N, K), indices (N, K), keep (N, K) bool -> (N, d).
     """
     k = indices.shape[1]
     order, counts = sort_by_expert(indices, len(experts), keep)  # (M,), (E,)
     token = order // k  # (M,) the token of each sorted assignment
     gate_weights = weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)  # (M, 1) g_{i,t} in the same order
-    out = torch.zeros_like(x)  # (N, D)
+    out = torch.zeros_like(x)  # (N, d)
     if impl != "loop":
-        y_sorted = run_experts(x.index_select(0, token), counts, experts, impl)  # (M, D)
+        y_sorted = run_experts(x.index_select(0, token), counts, experts, impl)  # (M, d)
         return out.index_add_(0, token, y_sorted * gate_weights)
     sizes = counts.tolist()
     if torch.is_grad_enabled() and (x.requires_grad or gate_weights.requires_grad):
@@ -185,7 +185,7 @@ class LocalDispatcher:
 
     def __call__(self, moe: DeepSeekMoE, u: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                  keep: torch.Tensor | None) -> torch.Tensor:
-        """Shapes: u (N, D), weights (N, K), indices (N, K), keep (N, K) bool or None -> (N, D)."""
+        """Shapes: u (N, d), weights (N, K), indices (N, K), keep (N, K) bool or None -> (N, d)."""
         return dispatch_sorted(u, weights, indices, moe.experts, keep, resolve_impl(moe.experts_impl, u))
 
     def __repr__(self) -> str:
@@ -248,22 +248,22 @@ class DeepSeekMoE(nn.Module):
         self._experts_impl = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Shapes: x (..., D) -> (..., D)."""
+        """Shapes: x (..., d) -> (..., d)."""
         return self.forward_routed(x)[0]
 
     def forward_routed(self, x: torch.Tensor, layer: int = 0) -> tuple[torch.Tensor, RoutingRecord]:
         """The layer's output and its routing (``layer`` is stored in the record).
 
-        Shapes: x (..., D) -> (..., D) and a RoutingRecord whose tensors have x's leading shape, e.g. (B, T, ·).
+        Shapes: x (..., d) -> (..., d) and a RoutingRecord whose tensors have x's leading shape, e.g. (B, T, ·).
         """
         lead = x.shape[:-1]
-        u = x.reshape(-1, x.shape[-1])  # (N, D)
+        u = x.reshape(-1, x.shape[-1])  # (N, d)
         sel = self.router(u)
         keep = None
         if self.capacity_factor is not None and self.training:
             keep = capacity_mask(sel.scores.detach().gather(1, sel.experts), sel.experts, self.cfg.n_routed_experts,
                                  self.capacity_factor)  # (N, K)
-        h = self.dispatcher(self, u, sel.gate_weights, sel.experts, keep)  # (N, D)
+        h = self.dispatcher(self, u, sel.gate_weights, sel.experts, keep)  # (N, d)
         if self.shared_experts is not None:
             h = h + self.shared_experts(u)
         n_experts, k = sel.scores.shape[-1], sel.experts.shape[-1]
@@ -284,10 +284,10 @@ def naive_moe_forward(moe: DeepSeekMoE, x: torch.Tensor, keep: torch.Tensor | No
     """Reference for tests: every expert on every token, weighted by a dense (N, E) gate matrix (zeros off top-K,
     and off the assignments with ``keep`` False).
 
-    Shapes: x (..., D), keep (N, K) bool -> (..., D).
+    Shapes: x (..., d), keep (N, K) bool -> (..., d).
     """
     lead = x.shape[:-1]
-    u = x.reshape(-1, x.shape[-1])  # (N, D)
+    u = x.reshape(-1, x.shape[-1])  # (N, d)
     sel = moe.router(u)
     weights, indices = sel.gate_weights, sel.experts
     if keep is not None:
@@ -297,4 +297,4 @@ def naive_moe_forward(moe: DeepSeekMoE, x: torch.Tensor, keep: torch.Tensor | No
     h = sum(gates[:, e:e + 1] * expert(u) for e, expert in enumerate(moe.experts))
     if moe.shared_experts is not None:
         h = h + moe.shared_experts(u)
-    return h.view(*lead, -1)  # (..., D)
+    return h.view(*lead, -1)  # (..., d)

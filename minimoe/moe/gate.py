@@ -55,7 +55,7 @@ def group_mask(choice: torch.Tensor, n_group: int, topk_group: int, group_score:
     Shapes: choice (N, E) -> mask (N, E) bool, True = the expert may be selected.
     """
     n_tokens, n_experts = choice.shape
-    grouped = choice.view(n_tokens, n_group, n_experts // n_group)  # (N, n_group, G)
+    grouped = choice.view(n_tokens, n_group, n_experts // n_group)  # (N, n_group, experts_per_group)
     if group_score == "max":
         scores = grouped.max(dim=-1).values  # (N, n_group)
     elif group_score == "top2":
@@ -175,7 +175,7 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> Selection:
         """Route each token: affinities, selection and gate values (``select_experts``).
 
-        Shapes: x (N, D) -> Selection: gate_weights (N, K) float32 (× routed_scaling_factor), experts (N, K),
+        Shapes: x (N, d) -> Selection: gate_weights (N, K) float32 (× routed_scaling_factor), experts (N, K),
         scores and selection_scores (N, E) float32, group_mask (N, E) or None.
         """
         cfg = self.cfg

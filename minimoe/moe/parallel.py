@@ -83,8 +83,8 @@ class AllToAllDispatcher:
 
     def __call__(self, moe: DeepSeekMoE, u: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                  keep: torch.Tensor | None) -> torch.Tensor:
-        """Σ_i g_{i,t} FFN^(r)_i(u_t) over the ranks. Shapes: u (N, D) this rank's tokens, weights, indices (N, K)
-        -> (N, D)."""
+        """Σ_i g_{i,t} FFN^(r)_i(u_t) over the ranks. Shapes: u (N, d) this rank's tokens, weights, indices (N, K)
+        -> (N, d)."""
         if keep is not None:
             raise ValueError("capacity_factor is not offered with expert parallelism: set moe.capacity_factor = None")
         world, n_local = self.world_size, len(moe.experts)
@@ -96,19 +96,19 @@ class AllToAllDispatcher:
         dist.all_to_all_single(recv_counts, counts, group=self.group)  # (W·E_local,) from each source rank
         send_splits = counts.view(world, n_local).sum(1).tolist()  # rows to each rank
         recv_splits = recv_counts.view(world, n_local).sum(1).tolist()  # rows from each rank
-        x_recv = AllToAll.apply(u.index_select(0, token), send_splits, recv_splits, self.group)  # (M, D)
+        x_recv = AllToAll.apply(u.index_select(0, token), send_splits, recv_splits, self.group)  # (M, d)
 
         # 2. compute: the received rows are grouped by source rank, then expert; regroup them by expert
         local_expert = torch.arange(n_local, device=u.device).repeat(world)  # (W·E_local,)
         by_expert = local_expert.repeat_interleave(recv_counts).argsort(stable=True)  # (M,)
         y = run_experts(x_recv.index_select(0, by_expert), recv_counts.view(world, n_local).sum(0), moe.experts,
-                        resolve_impl(moe.experts_impl, u))  # (M, D) grouped by expert
-        y_recv = y.index_select(0, by_expert.argsort())  # (M, D) back in the received order
+                        resolve_impl(moe.experts_impl, u))  # (M, d) grouped by expert
+        y_recv = y.index_select(0, by_expert.argsort())  # (M, d) back in the received order
 
         # 3. combine: outputs return to their ranks, weighted by g_{i,t} and added per token
-        y_sorted = AllToAll.apply(y_recv, recv_splits, send_splits, self.group)  # (N·K, D)
+        y_sorted = AllToAll.apply(y_recv, recv_splits, send_splits, self.group)  # (N·K, d)
         gate_weights = weights.reshape(-1)[order].unsqueeze(-1).to(u.dtype)  # (N·K, 1)
-        return torch.zeros_like(u).index_add_(0, token, y_sorted * gate_weights)  # (N, D)
+        return torch.zeros_like(u).index_add_(0, token, y_sorted * gate_weights)  # (N, d)
 
     def __repr__(self) -> str:
         return f"AllToAllDispatcher(world_size={self.world_size}, shard={self.shard.start}-{self.shard.stop - 1})"
@@ -168,11 +168,11 @@ def main() -> None:
     torch.manual_seed(0)  # the same weights and tokens on every rank
     cfg = ModelConfig.from_preset("small-v3")
     moe = DeepSeekMoE(cfg).to(device)
-    tokens = torch.randn(world, 256, cfg.hidden_size, device=device)  # (W, N, D): rank r owns tokens[r]
+    tokens = torch.randn(world, 256, cfg.hidden_size, device=device)  # (W, N, d): rank r owns tokens[r]
     layer = shard_experts(moe)
     y, record = layer.forward_routed(tokens[rank])
     y.square().sum().backward()
-    reference = moe(tokens.view(-1, cfg.hidden_size)).view_as(tokens)[rank]  # (N, D)
+    reference = moe(tokens.view(-1, cfg.hidden_size)).view_as(tokens)[rank]  # (N, d)
     sent = torch.bincount(record.experts.flatten() // len(layer.experts), minlength=world).tolist()
     shard = layer.dispatcher.shard
     print(f"rank {rank}/{world} ({backend}): experts {shard.start}-{shard.stop - 1}, assignments sent "

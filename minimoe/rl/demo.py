@@ -146,12 +146,13 @@ def pretrain(steps: int = SFT_STEPS, batch_size: int = 32, lr: float = 5e-3, sli
 
 # GRPO settings chosen by measurement (benchmarks/grpo_demo.py): lr 2e-3 destroys the policy in one step; 3e-4
 # without warm-up lifts held-out accuracy from ~31% to ~90% in 60 steps for some seeds but collapses for others
-# within 10 steps; 5 warm-up steps made all seeds tried improve. At a constant 3e-4 the held-out accuracy of one run
-# then swings between ~68% and ~93% from one 20-step window to the next, so a run stopped at a fixed step can land in
-# a trough; a cosine decay to 0.1·lr over 100 steps lets the policy settle: from a fresh SFT run, seeds 0-4 gain
-# +61.0 to +70.0 points (mean +66.9, sd 3.8) in 1.1-1.2 CPU minutes each. Two passes per rollout let the clip act.
-_GRPO_SETTINGS = {"group_size": 8, "prompts_per_step": 8, "steps": 100, "lr": 3e-4, "warmup_steps": 5,
-                  "lr_schedule": "cosine", "min_lr_ratio": 0.1, "beta": 0.0, "epsilon_low": 0.2,
+# within 10 steps; five steps below lr (warmup 6: lr/6, 2lr/6, … 5lr/6, then lr) made all seeds tried improve. At a
+# constant 3e-4 the held-out accuracy of one run then swings between ~68% and ~93% from one 20-step window to the
+# next, so a run stopped at a fixed step can land in a trough; a cosine decay to 0.1·lr over 100 steps lets the
+# policy settle: from a fresh SFT run, seeds 0-4 gain +61.0 to +70.0 points (mean +66.9, sd 3.8) in 1.1-1.2 CPU
+# minutes each. Two passes per rollout let the clip act.
+_GRPO_SETTINGS = {"group_size": 8, "prompts_per_step": 8, "steps": 100, "lr": 3e-4, "warmup": 6,
+                  "min_lr_ratio": 0.1, "beta": 0.0, "epsilon_low": 0.2,
                   "epsilon_high": 0.28, "loss_type": "dapo", "scale_rewards": "group", "num_iterations": 2,
                   "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "template": TEMPLATE, "seed": 0}
 

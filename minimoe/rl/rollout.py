@@ -3,7 +3,8 @@
 DeepSeekMath §4.1 (Eq. (3)): for each question q, sample a group of G outputs {o_1, …, o_G} from π_old, then score
 every token of every output under π_θ, π_old and π_ref. `sample_groups` does the sampling with the latent cache
 (`minimoe.generate`: one prefill, then one-token decode steps); `completion_logprobs` does the scoring with one full
-forward over prompt + completion.
+forward over prompt + completion, and `score_completions` also keeps that forward's `ModelOutput` (routing, balance
+and MTP losses), which the training step needs to keep an MoE policy balanced during RL.
 
 Layout, as in `minimoe.rl.grpo.group_advantages`: row g·G + j is the j-th completion of prompt g. Prompts are
 left-padded (B, P) so that every completion starts in the same column; completions are right-padded (B, T), and the
@@ -14,16 +15,17 @@ Shapes: B = n_prompts · G completions, P prompt columns, T completion columns, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimoe.attention.mla import MultiHeadLatentAttention
 from minimoe.generate import generate
+from minimoe.model import ModelOutput
+from minimoe.sampling import left_pad, positions
 from minimoe.tasks.tokenizer import CharTokenizer
 
 
@@ -71,22 +73,10 @@ def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         return rollouts[0]
     prompts = [ids[m].tolist() for r in rollouts for ids, m in zip(r.prompt_ids, r.prompt_mask)]
     outputs = [ids[m.bool()].tolist() for r in rollouts for ids, m in zip(r.completion_ids, r.completion_mask)]
-    prompt_ids, prompt_mask = pad_left(prompts, pad_id)
+    prompt_ids, prompt_mask, _ = left_pad(prompts, pad_id)
     completion_ids, completion_mask = pad_right(outputs, pad_id)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
                    [c for r in rollouts for c in r.completions], rollouts[0].group_size)
-
-
-def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack token lists of different lengths, padding on the left. Shapes: -> ids (B, P), mask (B, P) bool."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for row, s in enumerate(sequences):
-        if len(s):
-            ids[row, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[row, width - len(s):] = True
-    return ids, mask
 
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,20 +88,6 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
         ids[row, :len(s)] = torch.tensor(list(s), dtype=torch.long)
         mask[row, :len(s)] = 1.0
     return ids, mask
-
-
-@contextmanager
-def latent_cache(model: nn.Module) -> Iterator[None]:
-    """Run an MLA model in "absorbed" mode inside the block (only c_kv and k_rope are cached, DeepSeek-V2
-    App. C), then restore its mode. Both modes share the weights and give the same tokens; other models pass."""
-    modes = [layer.attn.mode for layer in model.layers if isinstance(layer.attn, MultiHeadLatentAttention)]
-    if modes:
-        model.set_attn_mode("absorbed")
-    try:
-        yield
-    finally:
-        for layer, mode in zip((l for l in model.layers if isinstance(l.attn, MultiHeadLatentAttention)), modes):
-            layer.attn.mode = mode
 
 
 def sample_groups(model: nn.Module, tokenizer: CharTokenizer, prompts: Sequence[Sequence[int]], group_size: int,
@@ -129,13 +105,25 @@ def sample_groups(model: nn.Module, tokenizer: CharTokenizer, prompts: Sequence[
     if not prompts:
         raise ValueError("prompts must hold at least one prompt")
     repeated = [list(p) for p in prompts for _ in range(group_size)]  # rows g·G … g·G + G − 1 share prompt g
-    with latent_cache(model):
+    with model.attention_mode("absorbed" if model.cfg.attention_type == "mla" else "naive"):  # the latent cache
         outputs = generate(model, repeated, max_new_tokens, temperature=temperature, seed=seed,
                            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
-    prompt_ids, prompt_mask = pad_left(repeated, tokenizer.pad_id)
+    prompt_ids, prompt_mask, _ = left_pad(repeated, tokenizer.pad_id)
     completion_ids, completion_mask = pad_right(outputs, tokenizer.pad_id)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, tokenizer.decode_batch(outputs),
                    group_size)
+
+
+class Scores(NamedTuple):
+    """What `score_completions` returns.
+
+    Shapes: logprobs (B, T), entropy (B, T), both 0 on padding; output: the forward's `ModelOutput` over the
+    (B, P + T) tokens (its routing, balance_loss and mtp_loss go to ``minimoe.optim.training_step``).
+    """
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    output: ModelOutput
 
 
 def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -153,6 +141,18 @@ def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask:
         prompt_ids, prompt_mask: (B, P); completion_ids, completion_mask: (B, T) -> logprobs (B, T)
         [, entropy (B, T)]
     """
+    scores = score_completions(model, Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, [], 1),
+                               temperature=temperature)
+    return (scores.logprobs, scores.entropy) if with_entropy else scores.logprobs
+
+
+def score_completions(model: nn.Module, rollout: Rollout, *, temperature: float = 1.0) -> Scores:
+    """`completion_logprobs` of a `Rollout`, with the entropy of every position and the forward's `ModelOutput`.
+
+    Shapes: a Rollout of B rows, P prompt and T completion columns -> logprobs (B, T), entropy (B, T).
+    """
+    prompt_ids, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
+    completion_ids, completion_mask = rollout.completion_ids, rollout.completion_mask
     if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
         raise ValueError(f"temperature ({temperature!r}) must be a finite number > 0 to score completions")
     if prompt_ids.shape[0] != completion_ids.shape[0] or prompt_mask.shape != prompt_ids.shape \
@@ -164,21 +164,12 @@ def completion_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask:
     P = prompt_ids.shape[1]
     tokens = torch.cat([prompt_ids, completion_ids], dim=1).to(device)  # (B, P + T)
     real = torch.cat([prompt_mask.bool(), completion_mask.bool()], dim=1).to(device)  # (B, P + T)
-    position_ids = (real.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, P + T)
-    logits = model(tokens, position_ids=position_ids, padding_mask=real).logits  # (B, P + T, V)
-    logits = logits[:, P - 1:-1]  # (B, T, V): position P − 1 + t predicts o_t
+    position_ids = positions(real)  # (B, P + T): 0 on each row's first real prompt token
+    output = model(tokens, position_ids=position_ids, padding_mask=real)
+    logits = output.logits[:, P - 1:-1]  # (B, T, V): position P − 1 + t predicts o_t
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # at least float32
     log_probs = F.log_softmax(logits, dim=-1)  # (B, T, V)
     mask = completion_mask.to(device=device, dtype=log_probs.dtype)
     token_logprobs = log_probs.gather(-1, completion_ids.to(device)[..., None]).squeeze(-1) * mask  # (B, T)
-    if not with_entropy:
-        return token_logprobs
     entropy = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, T)
-    return token_logprobs, entropy
-
-
-def rollout_logprobs(model: nn.Module, rollout: Rollout, *, temperature: float = 1.0,
-                     with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs` of a `Rollout`. Shapes: -> (B, T) [, entropy (B, T)]."""
-    return completion_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                               rollout.completion_mask, temperature=temperature, with_entropy=with_entropy)
+    return Scores(token_logprobs, entropy, output)

@@ -30,17 +30,17 @@ from tqdm.auto import tqdm
 
 from minimoe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minimoe.history import History
-from minimoe.optim import check_finite_loss, clip_gradients, make_optimizer, set_lr
+from minimoe.moe import DeepSeekMoE
+from minimoe.optim import STEP_METRICS, make_optimizer, training_step
 from minimoe.rl.grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
 from minimoe.rl.rewards import RewardFn, accuracy_reward, checked_rewards, format_reward
-from minimoe.rl.rollout import Rollout, concat_rollouts, rollout_logprobs, sample_groups
+from minimoe.rl.rollout import Rollout, concat_rollouts, sample_groups, score_completions
 from minimoe.tasks.template import format_prompt
 from minimoe.tasks.tokenizer import CharTokenizer
 
 NONFINITE_REWARDS = ("raise", "skip")
-LR_SCHEDULES = ("constant", "cosine")
 GRPO_METRICS = ("step", "reward", "accuracy", "format_rate", "response_length", "kl", "clip_fraction", "entropy",
-                "loss", "groups_kept", "seconds", "eval_step", "eval_accuracy")
+                "grpo_loss", *STEP_METRICS, "groups_kept", "seconds", "eval_step", "eval_accuracy")
 
 
 @dataclass
@@ -55,8 +55,8 @@ class GRPOConfig:
     steps: int = 100
     """Number of rollout steps (each followed by num_iterations optimiser steps)."""
     lr: float = 1e-3
-    """AdamW learning rate, constant (DeepSeekMath: 1e-6 and R1: 3e-6 for billions of parameters; a tiny model
-    needs far more)."""
+    """Peak AdamW learning rate (DeepSeekMath: 1e-6 and R1: 3e-6 for billions of parameters; a tiny model needs far
+    more)."""
     beta: float = 0.0
     """β, weight of the k3 KL to the reference policy in the loss (DeepSeekMath: 0.04, R1: 0.001, DAPO and TRL: 0)."""
     epsilon_low: float = 0.2
@@ -82,14 +82,14 @@ class GRPOConfig:
     """With dynamic_sampling, at most this many rollouts per step; the step trains on what was kept."""
     template: str = "compact"
     """Prompt template: "r1", "compact" or a format string with "{question}" (``minimoe.tasks.format_prompt``)."""
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up over the first steps. Adam's first updates move every weight by about lr
-    whatever the gradient's size, which on one noisy batch of rewards can undo the SFT policy."""
-    lr_schedule: str = "constant"
-    """"constant" (after the warm-up) or "cosine": after the warm-up, decay to ``min_lr_ratio · lr`` on the last of
-    ``steps`` steps, so that the policy settles instead of drifting on noisy late batches."""
-    min_lr_ratio: float = 0.1
-    """Where the "cosine" schedule ends, as a fraction of ``lr``."""
+    warmup: int = 0
+    """Steps of linear learning-rate warm-up (``minimoe.optim.warmup_cosine``: step s < warmup gets
+    (s + 1) / warmup of ``lr``). Adam's first updates move every weight by about lr whatever the gradient's size,
+    which on one noisy batch of rewards can undo the SFT policy."""
+    min_lr_ratio: float = 1.0
+    """After the warm-up the learning rate follows a cosine to ``min_lr_ratio · lr`` on the last of ``steps`` steps
+    (the schedule of every minimoe loop); 1.0 keeps it constant, below 1 lets the policy settle instead of drifting
+    on noisy late batches."""
     weight_decay: float = 0.0
     """AdamW weight decay on weight matrices (``minimoe.optim.make_optimizer``: never on norms, biases, embeddings)."""
     betas: tuple[float, float] = (0.9, 0.99)
@@ -138,12 +138,10 @@ class GRPOConfig:
             raise ValueError(f"temperature ({self.temperature}) must be > 0: GRPO needs sampled, varied groups")
         if self.ref_reset_every is not None and not (isinstance(self.ref_reset_every, int) and self.ref_reset_every > 0):
             raise ValueError(f"ref_reset_every ({self.ref_reset_every!r}) must be a positive integer or None")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule ({self.lr_schedule!r}) must be one of {LR_SCHEDULES}")
         if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1):
             raise ValueError(f"min_lr_ratio ({self.min_lr_ratio!r}) must lie in [0, 1]")
-        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
-            raise ValueError(f"warmup_steps ({self.warmup_steps!r}) must be a non-negative integer")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"warmup ({self.warmup!r}) must be a non-negative integer")
         if not (isinstance(self.eval_every, int) and self.eval_every >= 0):
             raise ValueError(f"eval_every ({self.eval_every!r}) must be a non-negative integer (0 = never)")
         if not (isinstance(self.seed, int) and self.seed >= 0):
@@ -201,8 +199,11 @@ class GRPOTrainer:
         self._draws += 1
         return rollout, [p for p in problems for _ in range(self.cfg.group_size)]
 
-    def train_step(self) -> dict[str, float]:
-        """One rollout and its `num_iterations` updates; returns (and records) the step's metrics."""
+    def train_step(self) -> dict[str, Any]:
+        """One rollout and its `num_iterations` training steps (``minimoe.optim.training_step``: the GRPO loss plus
+        the policy's balance and MTP losses, the schedule, the routing-bias update); returns (and records) the
+        step's metrics: rewards and rollout statistics, ``grpo_loss``, KL, clip fraction, entropy and the training
+        steps' mean record (``STEP_METRICS``: ``loss``, ``balance_loss``, ``expert_load``, ``max_vio``, …)."""
         cfg, G, start = self.cfg, self.cfg.group_size, time.perf_counter()
         kept: list[tuple[Rollout, torch.Tensor]] = []
         seen = {"reward": [], "accuracy": [], "format_rate": [], "response_length": []}
@@ -235,45 +236,40 @@ class GRPOTrainer:
             if n_kept >= cfg.prompts_per_step:
                 break
 
-        loss_value, kl, clip, entropy = math.nan, math.nan, math.nan, math.nan
-        if kept:
-            loss_value, kl, clip, entropy = self._update(kept)
         metrics = {name: torch.cat(values).float().mean().item() for name, values in seen.items()}
-        metrics.update(kl=kl, clip_fraction=clip, entropy=entropy, loss=loss_value, groups_kept=n_kept / n_groups,
-                       seconds=time.perf_counter() - start)
+        metrics.update(self._update(kept) if kept else self._no_update())
+        metrics.update(groups_kept=n_kept / n_groups, seconds=time.perf_counter() - start)
         self.history.record(step=self.step, **metrics)
         self.step += 1
         if cfg.ref_reset_every is not None and self.step % cfg.ref_reset_every == 0:
             self.ref.load_state_dict(self.policy.state_dict())
         return metrics
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate of ``step``: linear warm-up over ``warmup_steps`` (step s gets (s + 1) / (warmup + 1) of
-        ``lr``), then constant or a cosine decay to ``min_lr_ratio · lr`` on step ``steps − 1``."""
-        cfg = self.cfg
-        lr = cfg.lr * min(1.0, (step + 1) / (cfg.warmup_steps + 1))
-        if cfg.lr_schedule == "cosine" and step >= cfg.warmup_steps:
-            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - 1 - cfg.warmup_steps))
-            lr *= cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return lr
+    def _no_update(self) -> dict[str, Any]:
+        """The record of a step that trained on nothing: NaN everywhere, one NaN load per expert of each MoE layer
+        (of the main model and the MTP modules) so that the columns stay rectangular."""
+        n_moe = sum(isinstance(m, DeepSeekMoE) for m in self.policy.modules())
+        nan_load = [[math.nan] * self.policy.cfg.n_routed_experts for _ in range(n_moe)]
+        return {"grpo_loss": math.nan, "kl": math.nan, "clip_fraction": math.nan, "entropy": math.nan,
+                **{name: math.nan for name in STEP_METRICS}, "expert_load": nan_load, "max_vio": [math.nan] * n_moe}
 
-    def _update(self, kept: list[tuple[Rollout, torch.Tensor]]) -> tuple[float, float, float, float]:
+    def _update(self, kept: list[tuple[Rollout, torch.Tensor]]) -> dict[str, float]:
+        """``num_iterations`` training steps on the kept groups; the mean of their records, with the GRPO loss, the
+        KL and entropy of the first pass (π_θ = π_old) and the mean clip fraction."""
         cfg = self.cfg
         rollout = concat_rollouts([r for r, _ in kept], self.tokenizer.pad_id)
         rewards = torch.cat([r for _, r in kept])  # (B,)
         advantages = group_advantages(rewards, cfg.group_size, cfg.scale_rewards)  # (B,)
         with torch.no_grad():
-            ref_logprobs = rollout_logprobs(self.ref, rollout, temperature=cfg.temperature)  # (B, T)
+            ref_logprobs = score_completions(self.ref, rollout, temperature=cfg.temperature).logprobs  # (B, T)
         self.policy.train()
-        set_lr(self.optimizer, self.lr_at(self.step))
-        old_logprobs, losses, clips = None, [], []
+        old_logprobs, records = None, []
         for iteration in range(cfg.num_iterations):
-            logprobs, entropy = rollout_logprobs(self.policy, rollout, temperature=cfg.temperature,
-                                                 with_entropy=True)  # (B, T), (B, T)
+            scores = score_completions(self.policy, rollout, temperature=cfg.temperature)  # routing kept for balance
             if old_logprobs is None:  # π_old is the policy that sampled: the first pass scores it
-                old_logprobs = logprobs.detach()
-                first_entropy = (entropy.sum() / rollout.completion_mask.sum()).item()
-            out = self.loss_fn(logprobs, old_logprobs, advantages, rollout.completion_mask,
+                old_logprobs = scores.logprobs.detach()  # (B, T)
+                first_entropy = (scores.entropy.sum() / rollout.completion_mask.sum()).item()
+            out = self.loss_fn(scores.logprobs, old_logprobs, advantages, rollout.completion_mask,
                                ref_logprobs=ref_logprobs, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
                                epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
                                max_completion_length=cfg.max_new_tokens)
@@ -282,14 +278,11 @@ class GRPOTrainer:
                 raise ValueError("loss_fn must return a scalar tensor that depends on logprobs (or (loss, stats))")
             if iteration == 0:
                 first_kl = float(stats.get("kl", math.nan))
-            check_finite_loss(loss, self.step, f"pass {iteration} of the GRPO update")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(self.policy, cfg.grad_clip, self.step)
-            self.optimizer.step()
-            losses.append(loss.item())
-            clips.append(float(stats.get("clip_region", math.nan)))
-        return sum(losses) / len(losses), first_kl, sum(clips) / len(clips), first_entropy
+            record = training_step(self.policy, self.optimizer, loss, scores.output, step=self.step, cfg=cfg,
+                                   hint=f"pass {iteration} of the GRPO update")
+            records.append({"grpo_loss": loss.item(), "clip_fraction": float(stats.get("clip_region", math.nan)),
+                            **record})
+        return {**_mean_record(records), "kl": first_kl, "entropy": first_entropy}
 
     def train(self, steps: int | None = None) -> History:
         """Run `steps` (default ``cfg.steps``) GRPO steps with a progress bar; returns the history."""
@@ -359,6 +352,16 @@ def load_grpo_checkpoint(path: str | os.PathLike, map_location: str | torch.devi
     settings = dict(ckpt.extra["grpo_config"])
     settings["betas"] = tuple(settings.get("betas", (0.9, 0.99)))
     return GRPOCheckpoint(ckpt.model, GRPOConfig(**settings), ckpt.history, ckpt.optimizer_state, ckpt.step)
+
+
+def _mean_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The element-wise mean of records with the same keys, whose values are numbers or nested lists of numbers."""
+    def mean(values: list) -> Any:
+        if isinstance(values[0], list):
+            return [mean(list(column)) for column in zip(*values)]
+        return sum(values) / len(values)
+
+    return {name: mean([r[name] for r in records]) for name in records[0]}
 
 
 def _name(fn: Any) -> str:
