@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,6 +157,8 @@ def write_gradebook(course: Path, assignment: str, student: str, notebooks: dict
     """Auto scores of the test cells and manual-grading flags of the written answers into the course gradebook
     (a score already given by hand stays); returns the submission's (score, max score)."""
     from nbgrader.api import Gradebook
+    from sqlalchemy.exc import SAWarning
+    warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's own update_or_create_submission warns
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         gb.update_or_create_student(student)
         extra = {"timestamp": timestamp} if timestamp else {}
