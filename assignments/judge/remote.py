@@ -4,7 +4,8 @@
 :class:`CallFailed` with a kind written here (never text from the student's process). A call is timed in the
 sandbox's own CPU time (so a CPU hog beside it in the batch does not make an honest submission time out), with a
 generous wall-clock bound for code that sleeps. If the student's process dies or runs out of time it is started
-again for the next call (the notebook re-run), at most ``max_starts`` times per submission.
+again for the next call (the notebook re-run), at most ``max_starts`` times per submission; the function that
+ended it is not called again.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Session:
                                         "call_timeout": settings.call_wall_seconds}))
         self.proc = None
         self.starts, self.cpu_used, self.killed, self.cells_ok = 0, 0.0, "", []
+        self.broken: dict[str, str] = {}  # function -> how a call of it ended the process: not called again
         self.log = bytearray()
 
     # -- the process ---------------------------------------------------------------------------------------------
@@ -184,6 +186,8 @@ class Session:
 
     def call(self, name: str, args: tuple, grad: tuple[int, ...] = (), args_after: bool = False) -> dict:
         """The reply to one call: a dict with ``value`` (and ``grads``, ``args_after``); raises CallFailed."""
+        if name in self.broken:
+            raise CallFailed(self.broken[name])
         if self.proc is None:
             if self.killed:
                 raise CallFailed("capped")
@@ -209,7 +213,8 @@ class Session:
         if reply is None:
             died = self.proc.poll() is not None
             self.stop()
-            raise CallFailed("capped" if self.killed else "died" if died else "timeout")
+            self.broken[name] = "capped" if self.killed else "died" if died else "timeout"
+            raise CallFailed(self.broken[name])
         if "error" in reply:
             raise CallFailed(reply["error"] if reply["error"] in KINDS else "raised")
         if "value" not in reply:
