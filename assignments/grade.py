@@ -267,6 +267,11 @@ def _grade(batch: Batch, student: str, work: Path, log_path: Path) -> Result:
         result.flags.append(f"{len(dropped)} file(s) dropped: " + "; ".join(dropped[:5]))
     log_path.write_text("".join(f"staging: {d}\n" for d in dropped))
     try:
+        for name in batch.release:
+            why = [d for d in dropped if d.startswith(f"{name}: ")]
+            if why:
+                raise submission.UnreadableSubmission(f"{why[0]}: clear its outputs and delete empty cells, save "
+                                                      "it as a plain file (not a link) and submit again")
         raw = {name: submission.read_notebook(staged / name) for name in batch.release}
     except submission.UnreadableSubmission as err:
         result.status, result.reason = "failed", str(err)

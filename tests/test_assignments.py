@@ -179,8 +179,8 @@ def a1(course, secret):
                        "def rope_rotate(x, position_ids, base=10000.0):\n"
                        "    return RotaryEmbedding(x.shape[-1], 4096, base)(x, position_ids)\n",
         "mla_naive": "def mla_naive(mla, cfg, x):\n    return mla(x)\n"})
-    submit(course, "a1_mla", "crashes", {**ref, "rope_rotate": "import os\ndef rope_rotate(x, p, base=1e4):\n"
-                                                               "    os._exit(0)\n"})
+    submit(course, "a1_mla", "crashes", {**ref, "cache_elements_per_token": "import os\n"
+                                         "def cache_elements_per_token(cfg, mode):\n    os._exit(0)\n"})
     links = submit(course, "a1_mla", "links_submitted", ref)
     (links / "secret").symlink_to(secret)
     (links / "gradebook.db").symlink_to("../../../gradebook.db")
@@ -242,8 +242,8 @@ def test_the_reference_is_not_available_in_the_sandbox(a1):
 
 
 def test_a_crashing_function_costs_only_its_own_points(a1):
-    assert graded(a1, "crashes") == AUTO["a1_mla"] - 2  # rope_rotate's 2 points; the process restarts
-    assert "rope_rotate: ended its process" in autograded_text(a1[1], "crashes")
+    assert graded(a1, "crashes") == AUTO["a1_mla"] - 2  # its 2 points; the process restarts for the others
+    assert "cache_elements_per_token: ended its process" in autograded_text(a1[1], "crashes")
 
 
 def test_submitted_links_are_dropped_and_reach_nothing(a1):
@@ -253,7 +253,7 @@ def test_submitted_links_are_dropped_and_reach_nothing(a1):
     for reason in ("secret: a symbolic link", "gradebook.db: a symbolic link", "hidden.ipynb: a symbolic link",
                    "hard: a hard link", "fifo: not a regular file"):
         assert reason in flags
-    assert results["notebook_link"].status == "failed" and "not a regular file" in results["notebook_link"].reason
+    assert results["notebook_link"].status == "failed" and "symbolic link" in results["notebook_link"].reason
 
 
 def test_links_planted_during_grading_change_nothing(a1):
@@ -302,7 +302,7 @@ def test_text_mimicking_a_dead_kernel_steers_nothing(a1):
 
 def test_an_oversized_notebook_is_refused_before_parsing(a1):
     r = a1[0]["many_cells"]
-    assert r.status == "failed" and "over the limit" in r.reason and r.seconds < 30
+    assert r.status == "failed" and "over the size" in r.reason and r.seconds < 30
 
 
 def test_odd_student_ids_are_graded_or_refused_with_a_reason(a1):

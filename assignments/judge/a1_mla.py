@@ -33,7 +33,7 @@ def _rope(shape, base, dtype):
         reply = call(remote, "rope_rotate", x, pos, base, full=True)
         unchanged("rope_rotate", reply, (x, pos))
         want = RotaryEmbedding(shape[-1], 256, base, interleave=True)(x, pos)
-        check_tensor("rope_rotate", reply["value"], want, 1e-4 if dtype == torch.float32 else 1e-6)
+        check_tensor("rope_rotate", reply["value"], want, 1e-4)  # the reference turns float32 angles
     return check
 
 

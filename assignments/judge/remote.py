@@ -81,7 +81,7 @@ class Settings:
     call_cpu_seconds: float = 60.0  # CPU seconds of the sandbox per call
     call_wall_seconds: float = 300.0  # wall seconds per call, for code that sleeps
     startup_wall_seconds: float = 900.0  # wall seconds for the notebook's cells, all together
-    max_starts: int = 3
+    max_starts: int = 4
 
 
 class Session:
@@ -131,8 +131,8 @@ class Session:
         self.log_thread = threading.Thread(target=self._collect_log, args=(self.proc,), daemon=True)
         self.log_thread.start()
         ready = self._receive(self.settings.startup_wall_seconds, cpu_limit=None)
-        if ready is None or not ready.get("ready"):
-            raise CallFailed("died")
+        if not isinstance(ready, dict) or not ready.get("ready"):
+            raise CallFailed(ready if isinstance(ready, str) else "protocol")
         self.cells_ok = [bool(x) for x in ready.get("cells_ok", [])][:len(self.cells)]
 
     def _collect_log(self, proc) -> None:
@@ -167,22 +167,22 @@ class Session:
             f.write(bytes(self.log))
 
     # -- calls -----------------------------------------------------------------------------------------------------
-    def _receive(self, wall_limit: float, cpu_limit: float | None) -> dict | None:
-        """The next message, or None when the process died, a cap was hit or a limit ran out."""
+    def _receive(self, wall_limit: float, cpu_limit: float | None) -> dict | str:
+        """The next message, or why none came: "died" (end of the channel), "capped", "timeout"."""
         start, cpu_start = time.monotonic(), self.watchdog.cpu_seconds
         while True:
             message = self.reader.message()
             if message is not None:
                 return message
             if self.watchdog.killed:
-                return None
+                return "capped"
             if time.monotonic() - start > wall_limit:
-                return None
+                return "timeout"
             if cpu_limit is not None and self.watchdog.cpu_seconds - cpu_start > cpu_limit:
-                return None
+                return "timeout"
             ready, _, _ = select.select([self.from_server], [], [], 0.2)
             if ready and not self.reader.feed():
-                return None
+                return "died"
 
     def call(self, name: str, args: tuple, grad: tuple[int, ...] = (), args_after: bool = False) -> dict:
         """The reply to one call: a dict with ``value`` (and ``grads``, ``args_after``); raises CallFailed."""
@@ -206,14 +206,13 @@ class Session:
                                        "args_after": args_after})
             reply = self._receive(self.settings.call_wall_seconds, self.settings.call_cpu_seconds)
         except (BrokenPipeError, OSError):
-            reply = None
+            reply = "died"
         except wire.ProtocolError:
             self.stop()
             raise CallFailed("protocol") from None
-        if reply is None:
-            died = self.proc.poll() is not None
+        if isinstance(reply, str):
             self.stop()
-            self.broken[name] = "capped" if self.killed else "died" if died else "timeout"
+            self.broken[name] = "capped" if self.killed else reply
             raise CallFailed(self.broken[name])
         if "error" in reply:
             raise CallFailed(reply["error"] if reply["error"] in KINDS else "raised")
