@@ -1,55 +1,85 @@
-"""One bubblewrap sandbox per student kernel, and a watchdog that caps the whole sandbox.
+"""The bubblewrap sandbox the student's code runs in, its caps, and the package copy it imports.
 
-``grade.py`` grades each submission with nbgrader, which runs outside any sandbox (it holds the per-run evidence
-secret and writes the private gradebook copy); only the *kernel* that executes the student's code starts inside
-``bwrap`` (Debian's ``bubblewrap``). nbgrader reaches that kernel over ZeroMQ ``ipc`` sockets in a folder shared
-with the sandbox, so the sandbox needs no network at all. Inside:
+Only the student's side runs here (``judge/server.py``: the notebook's code, then the function calls the judge
+makes); the judge, the grading secret, the course and the gradebook stay outside. Inside ``bwrap``:
 
 - every namespace is unshared (user, PID, network, IPC, UTS, cgroup): no network, not even the host's loopback;
-  its own PID space, so the kernel sees neither the grader nor other students, and everything the kernel started
-  dies with it (``--die-with-parent``: also when the grading process is killed);
-- ``--new-session`` (no terminal to inject keystrokes into), ``--cap-drop ALL``, an unprivileged uid;
-- read-only: ``/usr``, the few files of ``/etc`` that programs need, the Python installation, the virtual
-  environment and a *copy* of the ``minimoe`` package made for this batch (an editable install would otherwise
-  expose the repository);
-- writable: only the submission's own folder (the kernel's working directory), the socket folder, and a private
-  ``/tmp``; nothing else of the disk exists in the sandbox (not the course, not other students, not the gradebook);
-- a minimal environment: ``PATH``, ``HOME=/tmp``, ``PYTHONPATH`` (the package copy), the per-student grading seed.
+  its own PID space; ``--die-with-parent``; ``--new-session``; ``--cap-drop ALL``; uid 1000;
+- read-only: ``/usr``, a few files of ``/etc``, the Python installation and virtual environment (by their real
+  paths, so a symlinked ``.venv`` works), ``server.py`` and ``wire.py`` (not the rest of ``judge/``, which holds
+  the hidden checks), the job file, the staged submission and a copy of ``minimoe`` in which the reference
+  implementations of the lab being graded raise "not available while grading" (:func:`copy_package`);
+- writable: only size-capped tmpfs mounts, ``/home/student`` (the working folder, the submission's files copied
+  in), ``/tmp`` and ``/dev/shm``; they vanish with the sandbox, and the grader never reads them;
+- the data channel is a pair of pipes; stdout and stderr go to the lecturer's log through a byte cap.
 
-Limits that hold across the kernel's child processes: a watchdog thread outside the sandbox sums the resident memory
-of every process in the sandbox's tree and counts them, and kills the whole sandbox when either goes over its cap
-(cgroup v2 would do the same in the kernel; this works without a writable cgroup). ``RLIMIT_AS`` still caps each
-process on its own.
+Caps over the whole process tree, enforced by a watchdog thread outside the sandbox (no writable cgroup v2 on these
+machines): resident memory plus the tmpfs sizes (tmpfs pages show in no process's RSS, so their caps are set aside
+from the memory budget), the number of processes, and CPU time (user + system of every process in the tree, the
+children it reaped included). Over a cap the whole sandbox is killed and the reason recorded by the driver.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import resource
 import shutil
 import signal
+import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from jupyter_client.manager import AsyncKernelManager
-from traitlets import Bool, Float, Integer, Unicode
-
-# The few files of /etc a Python kernel with matplotlib needs (dynamic loader cache, fonts, time zone).
 _ETC = ["/etc/ld.so.cache", "/etc/fonts", "/etc/localtime", "/etc/passwd", "/etc/group"]
+HOME = "/home/student"
+
+
+@dataclass
+class Limits:
+    """What one submission's sandbox may use."""
+
+    memory_bytes: int = 8 << 30  # resident memory of the tree plus every tmpfs
+    max_procs: int = 64
+    cpu_seconds: float = 300.0  # user + system CPU time over the whole tree, all calls together
+    work_bytes: int = 256 << 20  # tmpfs of the working folder
+    tmp_bytes: int = 256 << 20  # tmpfs of /tmp
+    shm_bytes: int = 64 << 20  # tmpfs of /dev/shm
+    log_bytes: int = 200_000  # stdout + stderr kept for the lecturer's log
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes > 0:  # the tmpfs mounts come out of the memory budget
+            share = self.memory_bytes // 8
+            self.work_bytes, self.tmp_bytes = min(self.work_bytes, share), min(self.tmp_bytes, share)
+            self.shm_bytes = min(self.shm_bytes, share // 2)
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.memory_bytes - self.work_bytes - self.tmp_bytes - self.shm_bytes if self.memory_bytes else 0
 
 
 def bwrap_path() -> str | None:
-    """The bubblewrap executable, if installed and able to create namespaces here."""
     return shutil.which("bwrap")
 
 
-def sandbox_argv(cmd: list[str], *, work_dir: str, socket_dir: str, package_dir: str,
-                 env: dict[str, str], bwrap: str = "bwrap") -> list[str]:
-    """The ``bwrap`` command line that runs `cmd` in the sandbox described in this module's docstring."""
+def python_paths() -> tuple[str, list[str]]:
+    """The interpreter to run inside (the venv's ``bin/python`` under the venv's real path) and folders to bind."""
+    prefix = os.path.realpath(sys.prefix)
+    executable = os.path.join(prefix, "bin", os.path.basename(sys.executable))
+    if not os.path.exists(executable):
+        executable = os.path.realpath(sys.executable)
+    dirs = {prefix, os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(os.path.realpath(executable)))}
+    return executable, sorted(d for d in dirs if not d.startswith("/usr/") and d != "/usr")
+
+
+def sandbox_argv(cmd: list[str], *, ro_binds: list[tuple[str, str]], env: dict[str, str], limits: Limits,
+                 bwrap: str = "bwrap") -> list[str]:
+    """The ``bwrap`` command line that runs `cmd` in the sandbox of this module's docstring."""
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--uid", "1000", "--gid", "1000",
-            "--ro-bind", "/usr", "/usr", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+            "--uid", "1000", "--gid", "1000", "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
+            "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
+            "--size", str(limits.shm_bytes), "--tmpfs", "/dev/shm",
+            "--size", str(limits.work_bytes), "--tmpfs", HOME]
     for top in ("bin", "lib", "lib64", "sbin"):  # merged-/usr systems link these into /usr
         path = Path("/" + top)
         if path.is_symlink():
@@ -58,14 +88,9 @@ def sandbox_argv(cmd: list[str], *, work_dir: str, socket_dir: str, package_dir:
             argv += ["--ro-bind", str(path), str(path)]
     for path in _ETC:
         argv += ["--ro-bind-try", path, path]
-    python_dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, package_dir)}
-    python_dirs.add(os.path.realpath(Path(sys.executable).parent.parent))
-    for path in sorted(python_dirs):
-        if not path.startswith("/usr/"):
-            argv += ["--ro-bind", path, path]
-    for path in (work_dir, socket_dir):
-        argv += ["--bind", path, path]
-    argv += ["--clearenv", "--chdir", work_dir]
+    for src, dest in ro_binds:
+        argv += ["--ro-bind", src, dest]
+    argv += ["--clearenv", "--chdir", HOME]
     for key, value in env.items():
         argv += ["--setenv", key, value]
     return argv + ["--", *cmd]
@@ -85,7 +110,7 @@ def _children() -> dict[int, list[int]]:
 
 
 def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants (processes of a PID namespace stay descendants of its bwrap)."""
+    """`root` and all its descendants (a PID namespace's processes stay descendants of its bwrap)."""
     tree, found, todo = _children(), [], [root]
     while todo:
         pid = todo.pop()
@@ -94,105 +119,132 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
-def resident_bytes(pids: list[int]) -> int:
-    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+def _usage(pids: list[int]) -> tuple[int, float]:
+    """(resident bytes, CPU seconds incl. reaped children) of `pids`."""
+    page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+    rss, ticks = 0, 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * page
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            rss += int(fields[21]) * page
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return rss, ticks / tick
 
 
 class Watchdog(threading.Thread):
-    """Kill the process tree under `root` when it holds more than `memory_bytes` resident or `max_procs` processes;
-    the reason is written to `verdict_file` (outside the sandbox) for ``grade.py``."""
+    """Samples the tree under `root` every `period` s; kills it over a cap and records why in ``killed``."""
 
-    def __init__(self, root: int, memory_bytes: int, max_procs: int, verdict_file: str, period: float = 0.1):
+    def __init__(self, root: int, limits: Limits, cpu_before: float = 0.0, period: float = 0.1):
         super().__init__(daemon=True)
-        self.root, self.memory_bytes, self.max_procs = root, memory_bytes, max_procs
-        self.verdict_file, self.period = verdict_file, period
+        self.root, self.limits, self.period = root, limits, period
+        self.cpu_before, self.cpu_seconds, self.killed = cpu_before, 0.0, ""
         self.stopped = threading.Event()
+
+    def sample(self) -> list[int]:
+        pids = process_tree(self.root)
+        rss, cpu = _usage(pids)
+        self.cpu_seconds = max(self.cpu_seconds, cpu)
+        limits = self.limits
+        if limits.resident_bytes and rss > limits.resident_bytes:
+            self.killed = (f"over the memory cap: {rss / 2**30:.2f} GiB resident across {len(pids)} processes "
+                           f"(cap {limits.memory_bytes / 2**30:g} GiB, tmpfs included)")
+        elif limits.max_procs and len(pids) > limits.max_procs:
+            self.killed = f"over the process cap: {len(pids)} processes (cap {limits.max_procs})"
+        elif limits.cpu_seconds and self.cpu_before + self.cpu_seconds > limits.cpu_seconds:
+            self.killed = f"over the CPU-time cap of {limits.cpu_seconds:g} s"
+        return pids
 
     def run(self) -> None:
         while not self.stopped.wait(self.period):
-            pids = process_tree(self.root)
-            if len(pids) == 1 and not os.path.exists(f"/proc/{self.root}"):
+            if not os.path.exists(f"/proc/{self.root}"):
                 return
-            used = resident_bytes(pids) if self.memory_bytes > 0 else 0
-            reason = None
-            if self.memory_bytes > 0 and used > self.memory_bytes:
-                reason = (f"the sandbox used {used / 2**30:.2f} GiB across {len(pids)} processes, over the "
-                          f"{self.memory_bytes / 2**30:g} GiB cap")
-            elif self.max_procs > 0 and len(pids) > self.max_procs:
-                reason = f"the sandbox ran {len(pids)} processes, over the cap of {self.max_procs}"
-            if reason:
-                with open(self.verdict_file, "w") as f:
-                    json.dump({"killed": reason}, f)
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+            pids = self.sample()
+            if self.killed:
+                kill_tree(pids)
                 return
 
 
-class SandboxedKernelManager(AsyncKernelManager):
-    """An nbclient kernel manager whose kernel runs in :func:`sandbox_argv`, reached over ``ipc`` sockets.
-
-    Configured by ``grade.py`` in its staging copy of ``nbgrader_config.py``."""
-
-    socket_dir = Unicode(help="folder for the connection file and ipc sockets, shared with the sandbox").tag(config=True)
-    package_dir = Unicode(help="folder holding the read-only copy of the minimoe package").tag(config=True)
-    grading_seed = Unicode("", help="MINIMOE_GRADING_SEED in the kernel's environment").tag(config=True)
-    verdict_file = Unicode(help="where the watchdog writes why it killed the sandbox").tag(config=True)
-    memory_bytes = Integer(0, help="resident memory cap of the whole sandbox (0: none)").tag(config=True)
-    max_procs = Integer(64, help="process cap of the whole sandbox").tag(config=True)
-    watchdog_period = Float(0.1, help="seconds between two watchdog looks").tag(config=True)
-    sandbox = Bool(True, help="run the kernel in bwrap (False: only the minimal environment, for "
-                              "--unsafe-no-sandbox)").tag(config=True)
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.transport = "ipc"
-        self.ip = os.path.join(self.socket_dir, "kernel")
-        self.connection_file = os.path.join(self.socket_dir, "connection.json")
-        self._watchdog: Watchdog | None = None
-        # A signal would reach bwrap, not the kernel inside: interrupt (cell timeouts) with a control message.
-        self.kernel_spec.interrupt_mode = "message"
-
-    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-        cmd = super().format_kernel_cmd(extra_arguments)
-        env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]), "HOME": "/tmp",
-               "PYTHONPATH": self.package_dir, "MPLBACKEND": "Agg", "MPLCONFIGDIR": "/tmp",
-               "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MINIMOE_GRADING_SEED": self.grading_seed}
-        if not self.sandbox:
-            return ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *cmd]
-        work_dir = self._launch_args.get("cwd") or os.getcwd()
-        return sandbox_argv(cmd, work_dir=os.path.realpath(work_dir), socket_dir=self.socket_dir,
-                            package_dir=self.package_dir, env=env, bwrap=bwrap_path() or "bwrap")
-
-    async def _async_post_start_kernel(self, **kw) -> None:
-        await super()._async_post_start_kernel(**kw)
-        process = getattr(self.provisioner, "process", None)
-        if process is not None and (self.memory_bytes > 0 or self.max_procs > 0):
-            self._watchdog = Watchdog(process.pid, self.memory_bytes, self.max_procs, self.verdict_file,
-                                      self.watchdog_period)
-            self._watchdog.start()
-
-    async def _async_cleanup_resources(self, restart: bool = False) -> None:
-        if self._watchdog is not None:
-            self._watchdog.stopped.set()
-        await super()._async_cleanup_resources(restart=restart)
+def kill_tree(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
-def copy_package(dest: Path) -> Path:
-    """A read-only copy of the installed ``minimoe`` package under `dest` (returned: the folder to put on the path)."""
+def start(cmd: list[str], *, ro_binds: list[tuple[str, str]], env: dict[str, str], limits: Limits,
+          pass_fds: tuple[int, ...], use_sandbox: bool = True) -> subprocess.Popen:
+    """Start `cmd` in the sandbox (or, with use_sandbox False, only in a minimal environment)."""
+    def preexec() -> None:
+        os.nice(5)  # the trusted side (judge, driver) keeps priority over student code
+        if limits.memory_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (2 * limits.memory_bytes, 2 * limits.memory_bytes))
+        if limits.cpu_seconds:
+            cap = int(limits.cpu_seconds) + 1
+            resource.setrlimit(resource.RLIMIT_CPU, (cap, cap))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    if use_sandbox:
+        bwrap = bwrap_path()
+        if bwrap is None or not os.access(bwrap, os.X_OK):
+            raise SandboxUnavailable(sandbox_problem() or "bwrap is not executable")
+        argv = sandbox_argv(cmd, ro_binds=ro_binds, env=env, limits=limits, bwrap=bwrap)
+    else:
+        argv = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *cmd]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            pass_fds=pass_fds, start_new_session=True, preexec_fn=preexec, close_fds=True)
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing, not executable or cannot create namespaces here (the message says which)."""
+
+
+def sandbox_problem() -> str | None:
+    """Why the sandbox cannot be used here, naming the cause, or None when it works."""
+    bwrap = bwrap_path()
+    if bwrap is None:
+        return ("bubblewrap (bwrap) is not installed or not on PATH: `sudo apt-get install bubblewrap` "
+                "(Debian/Ubuntu), or `make grading-deps` as root")
+    if not os.access(bwrap, os.X_OK):
+        return f"{bwrap} is not executable (check its permissions)"
+    executable, dirs = python_paths()
+    argv = sandbox_argv([executable, "-c", "pass"], ro_binds=[(d, d) for d in dirs], env={}, limits=Limits(),
+                        bwrap=bwrap)
+    try:
+        probe = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    except OSError as err:
+        return f"{bwrap} could not be started ({err.strerror})"
+    if probe.returncode != 0:
+        return ("bubblewrap could not start Python in a sandbox here (" + probe.stderr.strip()[:300] + "); "
+                "unprivileged user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1)")
+    return None
+
+
+def copy_package(dest: Path, stubs: dict[str, list[str]], lab: str) -> Path:
+    """A read-only copy of ``minimoe`` under `dest` in which each `stubs` entry (module -> names, ``Class.method``
+    allowed) raises "not available while grading"; returns the folder to put on ``PYTHONPATH``."""
     import minimoe
     source = Path(minimoe.__file__).resolve().parent
     shutil.copytree(source, dest / "minimoe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for root, dirs, files in os.walk(dest):
+    for module, names in stubs.items():
+        path = dest / (module.replace(".", "/") + ".py")
+        if not path.is_file():
+            raise FileNotFoundError(f"the stub list of {lab} names {module}, which has no file {path}")
+        lines = ["", "", "# Added by the grader: the reference answers of this lab are not available while grading.",
+                 "def _not_available_while_grading(name):",
+                 "    def refuse(*args, **kwargs):",
+                 f"        raise RuntimeError(f'{{name}} is not available while grading {lab}: write it yourself')",
+                 "    return refuse", ""]
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            target = f"{owner}.{attr}" if owner else attr
+            lines.append(f"{target} = _not_available_while_grading({module + '.' + name!r})")
+        with open(path, "a") as f:
+            f.write("\n".join(lines) + "\n")
+    for root, _, files in os.walk(dest):
         for name in files:
             os.chmod(os.path.join(root, name), 0o444)
     return dest

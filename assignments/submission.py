@@ -1,8 +1,8 @@
-"""What ``grade.py`` does to a submission before nbgrader sees it: read it, rebuild it on the release, flag it.
+"""What ``grade.py`` does to a submission before anything runs: stage its files, read it, rebuild it on the release.
 
-A student may delete, reorder or duplicate cells, strip their metadata, add a fake grade cell, or paste nbgrader's
-markers into their own code; nbgrader would then stop with ``KeyError`` or mark the notebook for manual grading.
-:func:`restore_structure` rebuilds every notebook on the released one instead: the release's locked cells
+:func:`stage` copies regular files only, never following a link. :func:`read_notebook` checks a notebook's size
+and cell count before parsing it. A student may delete, reorder or duplicate cells, strip their metadata, add a
+fake grade cell, or paste nbgrader's markers into their own code; :func:`restore_structure` rebuilds every notebook on the released one instead: the release's locked cells
 (instructions and tests) in the release's order, each answer cell taken from the student by its ``grade_id`` (or,
 when the metadata was stripped, by its cell id), and the student's own extra cells kept after the cell they followed.
 """
@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import os
 import re
+import stat
 import uuid
 from pathlib import Path
 
 import nbformat
 
-# Patterns in a submission's own cells that deserve a human look (they do not change the score by themselves;
-# tampering with the execution machinery is voided by the evidence check, see nbgrader_ext.py).
-SUSPICIOUS = {
-    "kills the kernel": r"os\._exit|os\.kill|signal\.",
-    "exits": r"sys\.exit|\bexit\(|\bquit\(",
-    "patches the interpreter": r"sys\.setprofile|sys\.settrace|sys\.modules|builtins|__import__|importlib",
-    "patches IPython": r"set_custom_exc|run_cell|showtraceback|excepthook|ast_transformers|input_transformers"
-                       r"|events\.register|get_ipython\(\)\.\w+\s*=",
-    "inspects frames or sources": r"_getframe|inspect\.|f_locals|f_back|getsource",
-    "reads grader files": r"gradebook|source/|nbgrader|HIDDEN TESTS|\.ipynb|/proc\b|minimoe-evidence",
-    "runs processes": r"subprocess|os\.system|os\.popen|multiprocessing|threading|os\.fork|socket",
-    "reassigns library functions": r"^\s*(torch|math|np|numpy)\.[\w.]+\s*=[^=]",
-    "imports a reference module": r"minimoe\.(attention\.(rope|mla)|moe\.(gate|balance)|rl)\b",
-}
 _MARKERS = re.compile(r"(BEGIN|END) (HIDDEN TESTS|SOLUTION)")
 
 
@@ -38,24 +27,97 @@ class UnreadableSubmission(ValueError):
     """A submitted notebook that cannot be read; the message says what to fix."""
 
 
+MAX_FILE_BYTES = 8 << 20  # any one file of a submission
+MAX_TOTAL_BYTES = 32 << 20  # all of them
+MAX_FILES = 200
+MAX_NOTEBOOK_BYTES = 4 << 20  # checked before the notebook is parsed
+MAX_CELLS = 2_000  # checked on the JSON, before nbformat validates it
+
+
+def stage(folder: Path, dest: Path) -> list[str]:
+    """Copy the regular files of a submission folder into `dest`, never following a link; returns what was dropped
+    and why. Symbolic links, hard links (a second name for a file elsewhere), devices, FIFOs, sockets, oversized
+    files and anything beyond the count or total limits are dropped; the source is opened with ``O_NOFOLLOW`` and
+    checked again on the open descriptor, so a link swapped in after the listing is refused too."""
+    dropped, total, count = [], 0, 0
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def walk(src: Path, out: Path, depth: int) -> None:
+        nonlocal total, count
+        for entry in sorted(os.scandir(src), key=lambda e: e.name):
+            rel = os.path.relpath(entry.path, folder)
+            st = os.lstat(entry.path)
+            if stat.S_ISLNK(st.st_mode):
+                dropped.append(f"{rel}: a symbolic link (dropped)")
+            elif stat.S_ISDIR(st.st_mode):
+                if depth >= 4:
+                    dropped.append(f"{rel}: folders nested too deep (dropped)")
+                else:
+                    (out / entry.name).mkdir()
+                    walk(Path(entry.path), out / entry.name, depth + 1)
+            elif not stat.S_ISREG(st.st_mode):
+                dropped.append(f"{rel}: not a regular file (a device, FIFO or socket; dropped)")
+            elif st.st_nlink > 1:
+                dropped.append(f"{rel}: a hard link to another file (dropped)")
+            elif st.st_size > MAX_FILE_BYTES or total + st.st_size > MAX_TOTAL_BYTES or count >= MAX_FILES:
+                dropped.append(f"{rel}: over the size or file-count limit of a submission (dropped)")
+            else:
+                try:
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError as err:
+                    dropped.append(f"{rel}: could not be opened ({err.strerror}; dropped)")
+                    continue
+                with os.fdopen(fd, "rb") as f:
+                    now = os.fstat(f.fileno())
+                    if not stat.S_ISREG(now.st_mode) or now.st_nlink > 1 or (now.st_dev, now.st_ino) != (
+                            st.st_dev, st.st_ino):
+                        dropped.append(f"{rel}: changed while it was copied (dropped)")
+                        continue
+                    data = f.read(MAX_FILE_BYTES + 1)
+                if len(data) > MAX_FILE_BYTES:
+                    dropped.append(f"{rel}: over the size limit of a submission (dropped)")
+                    continue
+                total, count = total + len(data), count + 1
+                fd = os.open(out / entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+
+    walk(folder, dest, 0)
+    return dropped
+
+
 def submission_hash(folder: Path) -> str:
-    """sha256 over the relative paths and bytes of every file of a submission folder."""
+    """sha256 over the relative paths and bytes of the regular files of a (staged) submission folder."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:
-    if not path.exists():
-        raise UnreadableSubmission(f"{path.name} is missing from the submission: submit the notebook you were "
-                                   "given, under its original name")
+    """A staged notebook, refused (with what to fix) when missing, too large, with too many cells, or unreadable."""
+    if not path.is_file() or path.is_symlink():
+        raise UnreadableSubmission(f"{path.name} is missing from the submission (or was not a regular file): "
+                                   "submit the notebook you were given, under its original name")
+    size = path.stat().st_size
+    if size > MAX_NOTEBOOK_BYTES:
+        raise UnreadableSubmission(f"{path.name} is {size / 2**20:.1f} MiB, over the limit of "
+                                   f"{MAX_NOTEBOOK_BYTES / 2**20:g} MiB: clear its outputs (Edit > Clear Outputs of "
+                                   "All Cells), save and submit again")
     try:
-        return nbformat.read(path, as_version=4)
-    except Exception as err:  # noqa: BLE001 (json, nbformat validation, encoding: all mean the same to a student)
-        raise UnreadableSubmission(f"{path.name} is not a readable notebook ({type(err).__name__}: "
-                                   f"{str(err).splitlines()[0][:200]}); open your last good version in "
-                                   "JupyterLab, save it, and submit again") from None
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):
+        raise UnreadableSubmission(f"{path.name} is not a readable notebook (not valid JSON); open your last good "
+                                   "version in JupyterLab, save it, and submit again") from None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if isinstance(cells, list) and len(cells) > MAX_CELLS:
+        raise UnreadableSubmission(f"{path.name} has {len(cells)} cells, over the limit of {MAX_CELLS}: delete the "
+                                   "empty cells and submit again")
+    try:
+        return nbformat.reads(json.dumps(data), as_version=4)
+    except Exception as err:  # noqa: BLE001 (nbformat validation, versions: all mean the same to a student)
+        raise UnreadableSubmission(f"{path.name} is not a readable notebook ({type(err).__name__}); open your last "
+                                   "good version in JupyterLab, save it, and submit again") from None
 
 
 def _meta(cell) -> dict:
@@ -122,11 +184,3 @@ def restore_structure(student: nbformat.NotebookNode, release: nbformat.Notebook
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     return rebuilt, notes
-
-
-def flags_for(notebooks: list[nbformat.NotebookNode], release: list[nbformat.NotebookNode]) -> list[str]:
-    """Names of the :data:`SUSPICIOUS` patterns found in the student's own code (not in released cells)."""
-    locked = {c.source for nb in release for c in nb.cells if _meta(c).get("locked")}
-    own = "\n".join(c.get("source", "") for nb in notebooks for c in nb.cells
-                    if c.get("cell_type") == "code" and c.get("source", "") not in locked)
-    return sorted(name for name, pattern in SUSPICIOUS.items() if re.search(pattern, own, re.MULTILINE))

@@ -1,9 +1,10 @@
-"""The nbgrader pipeline end to end, with real nbgrader commands on a temporary copy of the course.
+"""Grading through the judge, end to end, on a temporary copy of the course, as a lecturer runs it.
 
-One batch of a1 submissions (reference, release, partial, damaged notebooks, cheats and attacks on the grader) is
-graded once by ``grade.py`` in its sandbox, as a lecturer runs it; the tests below read its results and check that
-every attack earns nothing, changes nothing outside its staging folder and reaches no socket. a2 and a3 (whose last
-part trains a policy with the student's loss) are checked for full marks and zero. Slow: a few minutes in all.
+One batch of a1 submissions (reference, release, an empty notebook, partial, cheats, and every attack of issue 17
+on the grader) is graded once by ``grade.py``; the tests below read its results and check that each attack earns
+nothing, changes nothing outside its staging folder, leaks nothing into autograded/ or feedback/, and does not hurt
+its neighbour. a2 is checked for full marks and zero; a3 and a4 have no judge yet and are refused by name.
+Slow: a few minutes in all; skipped without bubblewrap.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import hashlib
 import os
 import re
 import shutil
-import signal
-import sqlite3
+import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 COURSE = ROOT / "assignments"
 sys.path.insert(0, str(COURSE))
 import grade
+import sandbox
+from judge.remote import Settings
 
-CELL_TIMEOUT = 20  # seconds; the course uses 60, a test needs the infinite loop to end sooner
 ENV = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            OMP_NUM_THREADS="1")
+LIMITS = dict(memory_bytes=int(1.5 * 2**30), cpu_seconds=40.0, max_procs=40)
+SETTINGS = Settings(cell_timeout=10, call_cpu_seconds=10, call_wall_seconds=60, startup_wall_seconds=300)
+AUTO = {"a1_mla": 12.0, "a2_moe_routing": 11.0}  # autograded points; the written answer (2) is graded by hand
 
 
 def nbgrader(course: Path, *args: str) -> str:
@@ -49,7 +52,7 @@ def reference_solutions(course: Path, assignment: str) -> dict[str, str]:
             for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
 
 
-def submit(course: Path, assignment: str, student: str, solutions: dict[str, str] | None = None, edit=None) -> None:
+def submit(course: Path, assignment: str, student: str, solutions: dict[str, str] | None = None, edit=None) -> Path:
     """Hand in the released notebook with some solution cells replaced, optionally edited further."""
     nb = nbformat.read(course / "release" / assignment / f"{assignment}.ipynb", as_version=4)
     for cell in nb.cells:
@@ -61,134 +64,77 @@ def submit(course: Path, assignment: str, student: str, solutions: dict[str, str
     folder = course / "submitted" / student / assignment
     folder.mkdir(parents=True)
     nbformat.write(nb, folder / f"{assignment}.ipynb")
+    return folder
 
 
-def is_test(cell) -> bool:
-    meta = cell.metadata.get("nbgrader", {})
-    return meta.get("grade") and not meta.get("solution")
-
-
-def prepend(gid: str, code: str):
+def add_cell(code: str):
+    """An extra code cell of the student's own, before the first answer cell."""
     def edit(nb):
-        cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == gid)
-        cell.source = code + "\n" + cell.source
+        i = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("solution"))
+        nb.cells.insert(i, nbformat.v4.new_code_cell(code))
     return edit
 
 
 def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
-SNOOP = """
-import os, pathlib, sys
-needles = [b"BEGIN HID" + b"DEN TESTS", b"[hid" + b"den] rope_rotate"]  # split: not found in this cell
-skip = {"/usr", "/proc", "/sys", "/dev", os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
-tops = {"/", str(pathlib.Path.cwd()), COURSE_DIR}
-for pid in pathlib.Path("/proc").glob("[0-9]*"):  # walk /proc up to the grading driver, as a real attacker would
+def tree_bytes(folder: Path) -> int:
+    return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*"))
+
+
+# The attack of issue 17: functions that publish a pass, patch IPython's reporting, then raise.
+FORGE = """
+import IPython.core.interactiveshell as _ish
+_ish.ExecutionResult.success = property(lambda self: True)
+get_ipython().displayhook.parent_header = {}
+def rope_rotate(x, position_ids, base=10000.0):
+    print("visible tests passed"); raise AssertionError("hidden")
+def mla_naive(mla, cfg, x):
+    raise SystemExit(0)
+def cache_elements_per_token(cfg, mode):
+    return True
+"""
+PLANT = """
+import os
+for name, target in [("a1_mla.ipynb", "/etc/passwd"), ("gradebook.db", "../../../gradebook.db"),
+                     ("secret", SECRET), ("dangling", "/nonexistent")]:
     try:
-        tops.add(str(pathlib.Path(pid / "cwd").resolve()))
+        os.remove(name)
     except OSError:
         pass
-found, seen = [], 0
-for top in sorted(tops):
-    for folder, dirs, files in os.walk(top):
-        dirs[:] = [d for d in dirs if os.path.join(folder, d) not in skip]  # the system and Python: no course there
-        for name in files:
-            if name.endswith((".ipynb", ".db", ".json", ".py")):
-                seen += 1
-                try:
-                    text = open(os.path.join(folder, name), "rb").read()
-                except OSError:
-                    continue
-                if any(n in text for n in needles):
-                    found.append(os.path.join(folder, name))
-print(f"LEAKED from {found}" if found else f"nothing found in {seen} files")
+    os.symlink(target, name)
 """
-
-# set_custom_exc plus run_cell wrappers whose results carry no error: nbgrader alone gives every point.
-FORGE = """
-ip = get_ipython()
-ip.set_custom_exc((BaseException,), lambda self, etype, value, tb, tb_offset=None: None)
-_run_cell = ip.run_cell
-def run_cell(*args, **kwargs):
-    result = _run_cell(*args, **kwargs)
-    result.error_in_exec = result.error_before_exec = None
-    return result
-ip.run_cell = run_cell
-"""
-
-# Every statement of every later cell wrapped in try/except: failing asserts are skipped, the cell "runs to its end".
-SWALLOW = """
-import ast
-class Swallow(ast.NodeTransformer):
-    def visit_Module(self, node):
-        node.body = [ast.Try(body=[s], handlers=[ast.ExceptHandler(type=None, name=None, body=[ast.Pass()])],
-                             orelse=[], finalbody=[]) for s in node.body]
-        return ast.fix_missing_locations(node)
-get_ipython().ast_transformers.append(Swallow())
-"""
-
-# A double-forked daemon in a new session that outlives grading and rewrites the real gradebook afterwards.
-DAEMON = """
-import os, time, sqlite3
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        time.sleep(4)
-        try:
-            open(os.path.join(COURSE_DIR, "PWNED"), "w").write("daemon")
-            with sqlite3.connect(os.path.join(COURSE_DIR, "gradebook.db")) as db:
-                db.execute("UPDATE grade SET auto_score = 99")
-        except Exception as err:
-            pass
-        os._exit(0)
-    os._exit(0)
-print("daemon started")
-"""
-
-# Trojan the installed package (with an editable install: the repository) for the students graded next.
-TROJAN = """
-import minimoe, pathlib
-for target in [pathlib.Path(minimoe.__file__), pathlib.Path(REPO_DIR) / "minimoe" / "__init__.py"]:
+FILL = """
+import os
+for path in ("/tmp/fill", "/dev/shm/fill", "fill"):
     try:
-        with open(target, "a") as f:
-            f.write("\\nraise SystemExit('trojaned')\\n")
-        print("WROTE", target)
+        with open(path, "wb") as f:
+            for _ in range(2600):
+                f.write(b"0" * (1 << 20))
     except OSError as err:
-        print("refused", target, type(err).__name__)
+        print(path, "stopped:", err.strerror)
+with open("sparse", "wb") as f:
+    f.truncate(2 << 30)
 """
-
-NETWORK = """
-import socket
-for host in ("127.0.0.1", "10.0.0.1", "1.1.1.1"):
-    try:
-        socket.create_connection((host, PORT), timeout=2).sendall(b"hello from a submission")
-        print("CONNECTED", host)
-    except OSError as err:
-        print("no network", host, type(err).__name__)
+HUGE_OUTPUT = """
+from IPython.display import display
+display({"application/vnd.minimoe.evidence+json": {"token": "x" * (40 << 20)}}, raw=True)
+print("y" * (5 << 20))
 """
-
-# Memory spread over child processes: each under the per-process limit, together over the sandbox's cap.
+MIMIC = """
+import sys
+sys.stderr.write("Removing failed assignment\\nKernel died before replying to kernel_info\\n")
+"""
 HOG = """
-import subprocess, sys, time
-children = [subprocess.Popen([sys.executable, "-c", "x = bytearray(900 * 2**20); import time; time.sleep(60)"])
-            for _ in range(4)]
-time.sleep(30)
+import os
+for _ in range(16):
+    if os.fork() == 0:
+        os.setsid()
+        while True:
+            pass
 """
-
-FORK_BOMB = """
-import subprocess, time
-children = [subprocess.Popen(["sleep", "60"]) for _ in range(100)]
-time.sleep(30)
-"""
-
-FAKE_GRADE_CELL = {"grade": True, "grade_id": "free_points", "locked": True, "points": 50, "schema_version": 3,
-                   "solution": False, "task": False}
-
-
-def attack(code: str, course: Path, port: int = 0) -> str:
-    return (f"COURSE_DIR = {str(course)!r}\nREPO_DIR = {str(ROOT)!r}\nPORT = {port}\n" + code)
 
 
 @pytest.fixture(scope="module")
@@ -196,337 +142,246 @@ def course(tmp_path_factory) -> Path:
     if grade.sandbox_problem():
         pytest.skip(f"no sandbox on this machine: {grade.sandbox_problem()} (`make grading-deps` installs it)")
     course = tmp_path_factory.mktemp("course")
-    for name in ("nbgrader_config.py", "nbgrader_ext.py", "sandbox.py", "submission.py", "grade.py"):
-        shutil.copy(COURSE / name, course / name)
+    shutil.copy(COURSE / "nbgrader_config.py", course / "nbgrader_config.py")
     shutil.copytree(COURSE / "source", course / "source")
-    with open(course / "nbgrader_config.py", "a") as f:
-        f.write(f"\nc.Execute.timeout = {CELL_TIMEOUT}\nc.BoundedExecute.timeout = {CELL_TIMEOUT}\n")
     return course
 
 
 @pytest.fixture(scope="module")
 def secret(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("secret") / "grading-secret"
+    path = tmp_path_factory.mktemp("secret") / "grading-secret"
+    path.write_text("an-instructor-secret-0123456789abcdef\n")
+    path.chmod(0o600)
+    return path
 
 
-def release(course: Path, assignment: str) -> None:
-    nbgrader(course, "generate_assignment", assignment, "--force")
+def run(course, assignment, secret, students=None, jobs=2, **kw):
+    return {r.student: r for r in grade.grade_class(
+        course, assignment, students, jobs=jobs, limits=sandbox.Limits(**LIMITS), settings=SETTINGS,
+        secret_file=secret, log_dir=course / "logs", progress=lambda line: None, **kw)}
 
 
-class Listener:
-    """A TCP server on the host's loopback that records every connection a submission manages to open."""
-
-    def __init__(self):
-        import socket
-        import threading
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port, self.accepted = self.sock.getsockname()[1], []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                self.accepted.append(self.sock.accept())
-            except OSError:
-                return
-
-
-def repo_digest() -> dict[str, str]:
-    return digest(ROOT / "minimoe")
-
-
-def delete_test_and_its_intro(nb):
-    """Delete the last test cell together with the read-only markdown cell that introduces its part."""
-    i = max(i for i, c in enumerate(nb.cells) if is_test(c))
-    intro = max(j for j in range(i) if nb.cells[j].cell_type == "markdown")
-    del nb.cells[i]
-    del nb.cells[intro]
+LONG_ID = "x" * 252
 
 
 @pytest.fixture(scope="module")
 def a1(course, secret):
-    """Grade one class of a1 submissions (honest, cheats, attacks); returns (results by student, course, extras)."""
-    release(course, "a1_mla")
+    """One class of a1 submissions graded in one batch; returns (results, course, what the checks need)."""
+    nbgrader(course, "generate_assignment", "a1_mla", "--force")
     ref = reference_solutions(course, "a1_mla")
-    from minimoe.config import ModelConfig
-    tiny = ModelConfig.from_preset("tiny-dense")
-    naive = tiny.num_attention_heads * (tiny.qk_nope_head_dim + tiny.qk_rope_head_dim + tiny.v_head_dim)
-    absorbed = tiny.kv_lora_rank + tiny.qk_rope_head_dim
-    listener = Listener()
     submit(course, "a1_mla", "solved", ref)
     submit(course, "a1_mla", "release")
+    submit(course, "a1_mla", "empty", edit=lambda nb: setattr(nb, "cells", []))
     submit(course, "a1_mla", "partial", {"rope_rotate": ref["rope_rotate"]})
-    submit(course, "a1_mla", "edited_tests",
-           edit=lambda nb: [setattr(c, "source", "print('all tests passed')") for c in nb.cells if is_test(c)])
-    submit(course, "a1_mla", "deleted_tests", ref, edit=lambda nb: setattr(nb, "cells", [
-        c for c in nb.cells if not is_test(c)][::-1]))  # tests deleted, the rest reversed
-    submit(course, "a1_mla", "deleted_intro", ref, edit=delete_test_and_its_intro)
-    submit(course, "a1_mla", "stripped", ref, edit=lambda nb: [setattr(c, "metadata", {}) for c in nb.cells])
-    submit(course, "a1_mla", "fake_grade_cell", ref, edit=lambda nb: nb.cells.append(nbformat.v4.new_code_cell(
-        "print('free points')", metadata={"nbgrader": FAKE_GRADE_CELL})))
-    submit(course, "a1_mla", "markers_in_code", ref,
-           edit=prepend("rope_rotate", "# ### BEGIN HIDDEN TESTS\nnote = '### END HIDDEN TESTS'\n"))
-    submit(course, "a1_mla", "monkeypatch", {
-        "rope_rotate": "import torch\nimport minimoe.attention.rope as R\n"
-                       "torch.allclose = lambda *a, **k: True\n"
-                       "def rope_rotate(x, position_ids, base=10000.0):\n    return x.clone()\n"
-                       "R.RotaryEmbedding.forward = lambda self, x, p: x.clone()\n",
-        "mla_naive": "def mla_naive(mla, cfg, x):\n    return torch.zeros_like(x)\n"})
+    submit(course, "a1_mla", "forger", edit=add_cell(FORGE))
     submit(course, "a1_mla", "calls_reference", {
         "rope_rotate": "from minimoe.attention.rope import RotaryEmbedding\n"
                        "def rope_rotate(x, position_ids, base=10000.0):\n"
                        "    return RotaryEmbedding(x.shape[-1], 4096, base)(x, position_ids)\n",
         "mla_naive": "def mla_naive(mla, cfg, x):\n    return mla(x)\n"})
-    submit(course, "a1_mla", "hardcoded", {
-        "cache_elements_per_token": f"def cache_elements_per_token(cfg, mode):\n"
-                                    f"    return {{'naive': {naive}, 'absorbed': {absorbed}}}[mode]\n"})
-    submit(course, "a1_mla", "eq_override", {
-        "cache_elements_per_token": "class Anything(int):\n    def __eq__(self, other):\n        return True\n"
-                                    "    __hash__ = int.__hash__\n"
-                                    "def cache_elements_per_token(cfg, mode):\n    return Anything(0)\n"})
-    submit(course, "a1_mla", "infinite_loop", ref,  # sleeps rather than spins: the same timeout, no CPU burnt
-           edit=prepend("mla_naive", "import time\nwhile True:\n    time.sleep(0.5)\n"))
-    submit(course, "a1_mla", "exit_and_flood", edit=prepend(
-        "rope_rotate", "for i in range(300000):\n    print(i, 'x' * 50)\nimport sys\nsys.exit(0)\n"))
-    submit(course, "a1_mla", "os_exit", ref, edit=prepend("mla_naive", "import os\nos._exit(0)\n"))
-    submit(course, "a1_mla", "kills_grader", edit=prepend(
-        "rope_rotate", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\n"))
-    submit(course, "a1_mla", "snoop", edit=prepend("rope_rotate", attack(SNOOP, course)))
-    submit(course, "a1_mla", "forger", edit=prepend("rope_rotate", FORGE))
-    submit(course, "a1_mla", "swallow", edit=prepend("rope_rotate", SWALLOW))
-    submit(course, "a1_mla", "daemon", ref, edit=prepend("rope_rotate", attack(DAEMON, course)))
-    submit(course, "a1_mla", "trojan", ref, edit=prepend("rope_rotate", attack(TROJAN, course)))
-    submit(course, "a1_mla", "network", ref, edit=prepend("rope_rotate", attack(NETWORK, course, listener.port)))
-    submit(course, "a1_mla", "memory_hog", ref, edit=prepend("rope_rotate", HOG))
-    submit(course, "a1_mla", "fork_bomb", ref, edit=prepend("rope_rotate", FORK_BOMB))
-    (course / "submitted" / "not_json" / "a1_mla").mkdir(parents=True)
-    (course / "submitted" / "not_json" / "a1_mla" / "a1_mla.ipynb").write_text('{"cells": [')
-    before, package = digest(course / "submitted"), repo_digest()
-    results = {r.student: r for r in grade.grade_class(course, "a1_mla", jobs=2, timeout=240, memory_gib=2.5,
-                                                       secret_file=secret, progress=lambda line: None)}
-    time.sleep(6)  # the daemon's moment, had it survived
-    assert digest(course / "submitted") == before, "grading changed submitted/"
-    return results, course, {"listener": listener, "package_before": package}
+    submit(course, "a1_mla", "crashes", {**ref, "mla_absorbed_decode": "import os\n"
+                                         "def mla_absorbed_decode(mla, cfg, x_t, c_kv, k_rope):\n    os._exit(0)\n"})
+    links = submit(course, "a1_mla", "links_submitted", ref)
+    (links / "secret").symlink_to(secret)
+    (links / "gradebook.db").symlink_to("../../../gradebook.db")
+    (links / "hidden.ipynb").symlink_to(course / "source" / "a1_mla" / "a1_mla.ipynb")
+    os.link(secret, links / "hard")
+    os.mkfifo(links / "fifo")
+    notebook_link = course / "submitted" / "notebook_link" / "a1_mla"
+    notebook_link.mkdir(parents=True)
+    (notebook_link / "a1_mla.ipynb").symlink_to(course / "source" / "a1_mla" / "a1_mla.ipynb")
+    submit(course, "a1_mla", "plants_links", ref, edit=add_cell(f"SECRET = {str(secret)!r}\n" + PLANT))
+    submit(course, "a1_mla", "fills_disk", ref, edit=add_cell(FILL))
+    submit(course, "a1_mla", "huge_output", ref, edit=add_cell(HUGE_OUTPUT))
+    submit(course, "a1_mla", "mimic", edit=add_cell(MIMIC))
+    many = course / "submitted" / "many_cells" / "a1_mla"
+    many.mkdir(parents=True)
+    nb = nbformat.read(course / "release" / "a1_mla" / "a1_mla.ipynb", as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell("") for _ in range(150_000)]
+    nbformat.write(nb, many / "a1_mla.ipynb")
+    for odd in ("[ab]", "a b;$(touch x)*", LONG_ID):
+        submit(course, "a1_mla", odd, ref)
+    submit(course, "a1_mla", "new\nline", ref)
+    source_before, secret_mode = digest(course / "source"), stat.S_IMODE(secret.stat().st_mode)
+    submitted_before = digest(course / "submitted")
+    start = time.perf_counter()
+    results = run(course, "a1_mla", secret)
+    seconds = time.perf_counter() - start
+    assert digest(course / "submitted") == submitted_before, "grading changed submitted/"
+    return results, course, {"source_before": source_before, "secret_mode": secret_mode, "secret": secret,
+                             "seconds": seconds}
+
+
+def graded(a1, student) -> float:
+    results = a1[0]
+    assert results[student].status == "ok", results[student]
+    return results[student].score
 
 
 def autograded_text(course: Path, student: str, assignment: str = "a1_mla") -> str:
     nb = nbformat.read(course / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
-    return "\n".join(" ".join([str(o.get("text", "")), str(o.get("ename", "")), str(o.get("evalue", ""))])
-                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return "\n".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-AUTO_POINTS = 12.0  # a1's autograded points; the written answer (2 more) is graded by hand
+def test_reference_full_marks_release_and_empty_notebook_zero(a1):
+    assert graded(a1, "solved") == AUTO["a1_mla"]
+    assert graded(a1, "release") == 0
+    assert graded(a1, "empty") == 0
+    assert 0 < graded(a1, "partial") < AUTO["a1_mla"]
 
 
-def test_reference_solution_scores_full_marks(a1):
-    results, _, _ = a1
-    assert results["solved"].status == "ok" and results["solved"].score == AUTO_POINTS
+def test_forged_passes_in_the_students_process_earn_nothing(a1):
+    assert graded(a1, "forger") == 0
+    assert "visible tests passed" not in autograded_text(a1[1], "forger")  # its prints never reach feedback
 
 
-def test_release_scores_zero(a1):
-    results, _, _ = a1
-    assert results["release"].status == "ok" and results["release"].score == 0
+def test_the_reference_is_not_available_in_the_sandbox(a1):
+    text = autograded_text(a1[1], "calls_reference")
+    assert graded(a1, "calls_reference") == 0
+    assert "rope_rotate: raised an exception" in text and "mla_naive: raised an exception" in text
 
 
-def test_partial_solution_scores_in_between(a1):
-    results, _, _ = a1
-    assert results["partial"].score == 2.0
+def test_a_crashing_function_costs_only_its_own_points(a1):
+    assert graded(a1, "crashes") == AUTO["a1_mla"] - 4  # its 4 points; the process restarts for the others
+    assert "mla_absorbed_decode: ended its process" in autograded_text(a1[1], "crashes")
 
 
-@pytest.mark.parametrize("student", ["edited_tests", "monkeypatch", "calls_reference", "hardcoded", "eq_override",
-                                     "exit_and_flood", "snoop", "forger", "swallow"])
-def test_cheats_earn_nothing(a1, student):
-    results, _, _ = a1
-    assert results[student].status == "ok", results[student].reason
-    assert results[student].score == 0, f"{student} earned {results[student].score}"
+def test_submitted_links_are_dropped_and_reach_nothing(a1):
+    results, course, extra = a1
+    assert graded(a1, "links_submitted") == AUTO["a1_mla"]
+    flags = " ".join(results["links_submitted"].flags)
+    for reason in ("secret: a symbolic link", "gradebook.db: a symbolic link", "hidden.ipynb: a symbolic link",
+                   "hard: a hard link", "fifo: not a regular file"):
+        assert reason in flags
+    assert results["notebook_link"].status == "failed" and "symbolic link" in results["notebook_link"].reason
 
 
-@pytest.mark.parametrize("student", ["forger", "swallow"])
-def test_tampering_with_ipython_is_flagged(a1, student):
+def test_links_planted_during_grading_change_nothing(a1):
+    results, course, extra = a1
+    assert graded(a1, "plants_links") == AUTO["a1_mla"]
+    assert digest(course / "source") == extra["source_before"]
+    assert stat.S_IMODE(extra["secret"].stat().st_mode) == extra["secret_mode"]
+    assert os.access(course / "gradebook.db", os.W_OK)
+    for folder in ("autograded", "feedback"):
+        for path in (course / folder).rglob("*"):
+            assert not path.is_symlink(), path
+    assert sorted(p.name for p in (course / "autograded" / "plants_links" / "a1_mla").iterdir()) == [
+        grade.STATE, "a1_mla.ipynb"]
+
+
+def test_secret_and_hidden_checks_never_reach_autograded_or_feedback(a1):
+    results, course, extra = a1
+    secret_text = extra["secret"].read_text().strip()
+    for path in (course / "autograded").rglob("*"):
+        if path.is_file():
+            data = path.read_text(errors="replace")
+            assert secret_text not in data and "_gen" not in data and "BEGIN HIDDEN" not in data, path
+
+
+def test_disk_and_tmpfs_are_capped_and_nothing_comes_back(a1):
     results, course, _ = a1
-    assert any("tampered" in f for f in results[student].flags), results[student].flags
-    assert "execution machinery modified" in autograded_text(course, student)
+    assert graded(a1, "fills_disk") == AUTO["a1_mla"]
+    assert tree_bytes(course / "autograded" / "fills_disk") < 1 << 20
+    log = (course / "logs" / "fills_disk.log").read_text()
+    for path in ("/tmp/fill", "/dev/shm/fill", "fill"):
+        assert f"{path} stopped: No space left on device" in log
 
 
-@pytest.mark.parametrize("student", ["deleted_tests", "deleted_intro", "stripped", "fake_grade_cell",
-                                     "markers_in_code"])
-def test_damaged_notebooks_are_rebuilt_and_graded(a1, student):
+def test_huge_outputs_and_evidence_mime_never_reach_the_notebook(a1):
     results, course, _ = a1
-    assert results[student].status == "ok", results[student].reason
-    assert results[student].score == AUTO_POINTS, student
-    nb = nbformat.read(course / "autograded" / student / "a1_mla" / "a1_mla.ipynb", as_version=4)
-    assert sum(1 for c in nb.cells if "### BEGIN HIDDEN TESTS" in c.source) == 4
-    assert "free_points" not in {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells}
+    assert graded(a1, "huge_output") == AUTO["a1_mla"]
+    assert (course / "autograded" / "huge_output" / "a1_mla" / "a1_mla.ipynb").stat().st_size < 200_000
+    assert (course / "logs" / "huge_output.log").stat().st_size <= sandbox.Limits().log_bytes + 10_000
 
 
-def test_unreadable_notebook_is_reported_with_feedback(a1):
+def test_text_mimicking_a_dead_kernel_steers_nothing(a1):
     results, course, _ = a1
-    assert results["not_json"].status == "failed" and "not a readable notebook" in results["not_json"].reason
-    assert "submit again" in (course / "feedback" / "not_json" / "a1_mla" / "NOT-GRADED.txt").read_text()
+    assert graded(a1, "mimic") == 0
+    assert "Kernel died" not in grade.summary(list(results.values()), [])
 
 
-def test_infinite_loop_hits_the_cell_timeout_and_grading_goes_on(a1):
+def test_an_oversized_notebook_is_refused_before_parsing(a1):
+    r = a1[0]["many_cells"]
+    assert r.status == "failed" and "over the size" in r.reason and r.seconds < 30
+
+
+def test_odd_student_ids_are_graded_or_refused_with_a_reason(a1):
     results, course, _ = a1
-    assert results["infinite_loop"].status == "ok"
-    text = autograded_text(course, "infinite_loop")
-    assert "CellTimeoutError" in text or "KeyboardInterrupt" in text, text
-    assert results["infinite_loop"].score == AUTO_POINTS - 4  # the looping cell never defined mla_naive
-    assert results["solved"].score == AUTO_POINTS  # graded beside it
+    for odd in ("[ab]", "a b;$(touch x)*", LONG_ID):
+        assert graded(a1, odd) == AUTO["a1_mla"]
+    assert results["new\nline"].status == "refused" and "control characters" in results["new\nline"].reason
+    assert not (course / "x").exists()
+    assert any(p.name.startswith("x" * 80) for p in (course / "logs").iterdir())
 
 
-def test_flood_is_truncated(a1):
-    _, course, _ = a1
-    size = (course / "autograded" / "exit_and_flood" / "a1_mla" / "a1_mla.ipynb").stat().st_size
-    assert size < 200_000 and "truncated" in autograded_text(course, "exit_and_flood")
-
-
-def test_dead_kernel_is_reported_not_a_silent_zero(a1):
-    results, _, _ = a1
-    assert results["os_exit"].status == "failed" and results["os_exit"].reason
-    assert results["solved"].status == "ok"  # the batch went on
-    assert "kills the kernel" in results["os_exit"].flags
-
-
-def test_the_grader_is_out_of_the_kernels_reach(a1):
-    results, _, _ = a1  # its parent and pid 1 are the sandbox's own init, which ignores the signal
-    assert results["kills_grader"].status == "ok" and results["kills_grader"].score == 0
-    assert "kills the kernel" in results["kills_grader"].flags
-
-
-@pytest.mark.parametrize("student, reason", [("memory_hog", "GiB cap"), ("fork_bomb", "processes")])
-def test_caps_hold_across_child_processes(a1, student, reason):
-    results, _, _ = a1
-    assert results[student].status == "failed" and reason in results[student].reason, results[student].reason
-
-
-def test_hidden_tests_and_other_students_are_out_of_reach(a1):
-    _, course, _ = a1
-    text = autograded_text(course, "snoop")
-    assert "nothing found in" in text and "LEAKED" not in text, text
-    with sqlite3.connect(course / "gradebook.db") as db:  # the course's own gradebook is left intact
-        assert db.execute("SELECT count(*) FROM source_cell WHERE source LIKE '%BEGIN HIDDEN TESTS%'").fetchone()[0]
-
-
-def test_nothing_outlives_grading_or_writes_outside_its_folder(a1):
-    results, course, _ = a1
-    assert results["daemon"].status == "ok" and results["daemon"].score == AUTO_POINTS
-    assert not (course / "PWNED").exists()
+def test_grades_reach_the_gradebook_feedback_and_export(a1):
+    results, course, extra = a1
     assert grade.verify_gradebook(course, "a1_mla", list(results.values())) == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
-    assert "minimoe-grade-a1_mla" not in ps  # no process left in a staging folder
-    assert not list(Path(tempfile.gettempdir()).glob("minimoe-grade-a1_mla-*"))
-
-
-def test_the_package_and_the_repository_are_read_only(a1):
-    results, course, extras = a1
-    assert repo_digest() == extras["package_before"]
-    text = autograded_text(course, "trojan")
-    assert "WROTE" not in text and text.count("refused") == 2
-    assert results["solved"].score == AUTO_POINTS
-
-
-def test_no_socket_is_reachable(a1):
-    _, course, extras = a1
-    text = autograded_text(course, "network")
-    assert "CONNECTED" not in text and text.count("no network") == 3, text
-    assert extras["listener"].accepted == []
-
-
-def test_grades_reach_the_gradebook_and_the_export(a1):
-    _, course, _ = a1
+    nbgrader(course, "generate_feedback", "a1_mla", "--student", "partial")
+    html = (course / "feedback" / "partial" / "a1_mla" / "a1_mla.html").read_text()
+    assert "rope_rotate: passed" not in html and "a key (B, T, d_r), float64: passed" in html
+    assert "mla_naive: raised an exception" in html or "mla_naive: is not defined" in html
     nbgrader(course, "export")
-    rows = (course / "grades.csv").read_text().splitlines()
-    by_student = {r.split(",")[3]: r for r in rows[1:] if r.startswith("a1_mla,")}
-    assert float(by_student["solved"].split(",")[9]) == AUTO_POINTS
-    assert float(by_student["partial"].split(",")[9]) == 2.0
+    assert "partial" in (course / "grades.csv").read_text()
 
 
-def test_a_gradebook_changed_behind_the_graders_back_is_reported(a1, tmp_path):
+def test_regrade_repeats_scores(a1, secret):
     results, course, _ = a1
-    copy = tmp_path / "course"
-    shutil.copytree(course, copy, ignore=shutil.ignore_patterns("autograded", "feedback", "submitted"))
-    with sqlite3.connect(copy / "gradebook.db") as db:
-        db.execute("UPDATE grade SET auto_score = 0 WHERE auto_score > 0")
-    problems = grade.verify_gradebook(copy, "a1_mla", list(results.values()))
-    assert any(p.startswith("solved:") for p in problems)
+    again = run(course, "a1_mla", secret, ["solved", "partial", "crashes"])
+    for student in again:
+        assert again[student].score == results[student].score
 
 
-def test_feedback_names_failures_without_revealing_hidden_tests(a1):
-    results, course, _ = a1
-    nbgrader(course, "generate_feedback", "a1_mla")  # one call: every graded student of the batch
-    pages = {s: (course / "feedback" / s / "a1_mla" / "a1_mla.html").read_text()
-             for s, r in results.items() if r.status == "ok"}
-    assert len(pages) == sum(r.status == "ok" for r in results.values()) >= 10
-    for student, html in pages.items():
-        for secret in ("BEGIN HIDDEN TESTS", "MINIMOE_GRADING_SEED", "randint", "from_preset(_preset)",
-                       "minimoe-evidence", "_minimoe_evidence"):
-            assert secret not in html, (student, secret)
-    assert "[hidden] rope_rotate: wrong value on unseen inputs" in pages["monkeypatch"]
-    assert "[hidden] rope_rotate: called minimoe&#39;s reference" in pages["calls_reference"] or \
-        "[hidden] rope_rotate: called minimoe's reference" in pages["calls_reference"]
-    assert "NotImplementedError" in pages["release"]
+def test_a_cpu_hog_is_stopped_and_its_honest_neighbour_gets_its_marks(course, secret, a1):
+    ref = reference_solutions(course, "a1_mla")
+    submit(course, "a1_mla", "hog", ref, edit=add_cell(HOG))
+    submit(course, "a1_mla", "neighbour", ref)
+    results = run(course, "a1_mla", secret, ["hog", "neighbour"])
+    assert results["neighbour"].score == AUTO["a1_mla"] and not results["neighbour"].flags
+    assert results["hog"].score < AUTO["a1_mla"]
+    # stopped at a cap: CPU time, or memory first (the RSS of 16 forks counts their shared pages 16 times)
+    assert any(f.startswith("sandbox stopped: over the") for f in results["hog"].flags), results["hog"].flags
+    out = subprocess.run(["pgrep", "-f", "while True"], capture_output=True, text=True, check=False)
+    assert "hog" not in out.stdout
 
 
-def test_regrade_repeats_and_resume_skips_unchanged(a1, secret):
-    results, course, _ = a1
-    again = {r.student: r for r in grade.grade_class(course, "a1_mla", ["partial", "hardcoded"], secret_file=secret,
-                                                     progress=lambda line: None)}
-    assert {s: r.score for s, r in again.items()} == {s: results[s].score for s in again}
-    resumed = {r.student: r for r in grade.grade_class(course, "a1_mla", ["partial", "solved"], secret_file=secret,
-                                                       resume=True, progress=lambda line: None)}
-    assert all(r.status == "skipped" for r in resumed.values())
-    assert resumed["solved"].score == AUTO_POINTS
+def test_a2_full_marks_and_zero(course, secret):
+    nbgrader(course, "generate_assignment", "a2_moe_routing", "--force")
+    submit(course, "a2_moe_routing", "solved", reference_solutions(course, "a2_moe_routing"))
+    submit(course, "a2_moe_routing", "release")
+    results = run(course, "a2_moe_routing", secret)
+    assert results["solved"].score == AUTO["a2_moe_routing"] and results["release"].score == 0
 
 
-def test_seeds_depend_on_the_secret_the_student_and_the_assignment():
-    a, b = b"secret one", b"secret two"
-    assert grade.grading_seed(a, "a1_mla", "ann") == grade.grading_seed(a, "a1_mla", "ann")
-    assert len({grade.grading_seed(a, "a1_mla", "ann"), grade.grading_seed(a, "a1_mla", "bob"),
-                grade.grading_seed(a, "a2_moe_routing", "ann"), grade.grading_seed(b, "a1_mla", "ann")}) == 4
+@pytest.mark.parametrize("assignment", ["a3_grpo", "a4_efficient_training"])
+def test_labs_without_a_judge_are_refused_by_name(course, secret, assignment):
+    nbgrader(course, "generate_assignment", assignment, "--force")
+    with pytest.raises(SystemExit, match="has no judge yet"):
+        run(course, assignment, secret)
 
 
-def test_grade_driver_refuses_without_a_release_or_a_sandbox(course, monkeypatch):
-    with pytest.raises(SystemExit, match="no release"):
-        grade.grade_class(course, "no_such_assignment")
-    release(course, "a1_mla")
-    monkeypatch.setattr(grade.sandbox, "bwrap_path", lambda: None)
-    with pytest.raises(SystemExit, match="--unsafe-no-sandbox"):
-        grade.grade_class(course, "a1_mla", ["solved"])
+def test_items_share_out_each_test_cells_points():
+    import judge
+    for assignment in judge.PORTED:
+        nb = nbformat.read(COURSE / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+        cells = {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]["points"] for c in nb.cells
+                 if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")}
+        items: dict[str, float] = {}
+        for item in judge.lab(assignment).ITEMS:
+            items[item.cell] = items.get(item.cell, 0) + item.points
+        assert items == pytest.approx(cells), assignment
+        assert "BEGIN HIDDEN TESTS" not in nbformat.writes(nb)
 
 
-def test_ctrl_c_prints_the_summary_and_leaves_no_staging(course, secret, tmp_path):
-    release(course, "a1_mla")
-    for student in ("sleeper1", "sleeper2", "sleeper3"):
-        submit(course, "a1_mla", student, edit=prepend("rope_rotate", "import time\ntime.sleep(60)\n"))
-    env = dict(ENV, TMPDIR=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, str(course / "grade.py"), "a1_mla", "--course", str(course),
-                             "--secret-file", str(secret), "--student", "sleeper1", "--student", "sleeper2",
-                             "--student", "sleeper3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("minimoe-grade-*/sleeper*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (out, err)
-    assert "NOT GRADED" in out and "interrupted" in out
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+def test_missing_or_unusable_bubblewrap_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    assert "bubblewrap (bwrap) is not installed" in sandbox.sandbox_problem()
+    fake = tmp_path / "bwrap"
+    fake.write_text("")
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: str(fake))
+    assert "is not executable" in sandbox.sandbox_problem()
 
 
-@pytest.mark.parametrize("assignment", ["a2_moe_routing", "a3_grpo", "a4_efficient_training"])
-def test_other_assignments_full_marks_and_zero(course, secret, assignment):
-    release(course, assignment)
-    submit(course, assignment, "solved", reference_solutions(course, assignment))
-    submit(course, assignment, "release")
-    if assignment == "a3_grpo":
-        submit(course, assignment, "deleted_intro", reference_solutions(course, assignment),
-               edit=delete_test_and_its_intro)
-    results = {r.student: r for r in grade.grade_class(course, assignment, jobs=2, timeout=240, secret_file=secret,
-                                                       progress=lambda line: None)}  # one batch
-    full = results["solved"].max_score - 2
-    assert results["solved"].status == "ok" and results["solved"].score == full
-    assert results["release"].status == "ok" and results["release"].score == 0
-    if assignment == "a3_grpo":
-        assert results["deleted_intro"].status == "ok" and results["deleted_intro"].score == full
+def test_python_inside_runs_from_the_venvs_real_path():
+    executable, dirs = sandbox.python_paths()
+    assert executable.startswith(os.path.realpath(sys.prefix)) and os.path.realpath(sys.prefix) in dirs
