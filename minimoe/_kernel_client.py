@@ -1,7 +1,7 @@
 """A fix for notebook executions that stall for exactly the per-cell timeout (course tooling, not course material).
 
-Every place this kit executes notebooks — the book build (myst-nb through jupyter-cache), the notebook tests and
-grading — talks to its kernel through jupyter_client's ``AsyncZMQSocketChannel.get_msg``, which waits with one
+Every place this kit executes notebooks with nbclient — the book build (myst-nb through jupyter-cache) and the
+notebook tests — talks to its kernel through jupyter_client's ``AsyncZMQSocketChannel.get_msg``, which waits with one
 ``await socket.poll(timeout)`` of pyzmq's asyncio integration. That integration watches ZeroMQ's *edge-triggered*
 file descriptor; when the edge is consumed elsewhere (reading ``zmq.EVENTS`` has that side effect), a message that
 is already queued wakes no one, and the wait ends only when the timeout fires (pyzmq then checks with a real
