@@ -33,7 +33,7 @@ REQUIRED_BIB = {
     "deepseekmath": "2402.03300", "dapo": "2503.14476", "drgrpo": "2503.20783", "gshard": "2006.16668",
     "switch": "2101.03961", "vaswani2017attention": "1706.03762", "shazeer2019mqa": "1911.02150",
     "ainslie2023gqa": "2305.13245", "su2021roformer": "2104.09864", "peng2023yarn": "2309.00071",
-    "schulman2017ppo": "1707.06347", "dai2024deepseekmoe": "2401.06066",
+    "schulman2017ppo": "1707.06347", "dai2024deepseekmoe": "2401.06066", "gloeckle2024multitoken": "2404.19737",
 }
 REQUIRED_TERMS = [
     "MLA", "多頭潛在注意力", "MoE", "混合專家", "GRPO", "群組相對策略優化", "KV cache", "鍵值快取", "RoPE",
