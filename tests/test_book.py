@@ -89,6 +89,55 @@ def test_glossary_has_english_and_chinese_terms():
     assert not missing, f"glossary.md lacks {missing}"
 
 
+CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def glossary_entries() -> list[list[str]]:
+    """The names of each glossary entry: the unindented lines before its indented definition."""
+    block = re.search(r"```\{glossary\}\n(.*?)\n```", (BOOK / "glossary.md").read_text(), re.DOTALL).group(1)
+    entries, names = [], []
+    for line in block.splitlines():
+        if line.startswith(":") or not line.strip():
+            continue
+        if line.startswith(" "):
+            if names:
+                entries.append(names)
+            names = []
+        else:
+            names.append(line.strip())
+    return entries
+
+
+def test_every_glossary_entry_has_an_english_and_a_chinese_term():
+    entries = glossary_entries()
+    assert len(entries) >= 30 and ["KV cache", "鍵值快取"] in entries
+    for names in entries:
+        assert any(not CJK.search(n) for n in names), f"glossary entry {names} has no English term"
+        assert any(CJK.search(n) for n in names), f"glossary entry {names} has no 繁體中文 term"
+
+
+def test_glossary_terms_are_drawn_on_one_line(tmp_path):
+    """The extension joins an entry's names into one <dt>; every name stays a link target."""
+    pytest.importorskip("myst_parser")
+    from sphinx.application import Sphinx
+
+    (tmp_path / "conf.py").write_text(f"import sys\nsys.path.insert(0, {str(BOOK / '_ext')!r})\n"
+                                      "extensions = ['myst_parser', 'minimoe_book']\nhtml_theme = 'basic'\n")
+    (tmp_path / "index.md").write_text("# Glossary\n\nSee {term}`鍵值快取` and {term}`多頭潛在注意力`.\n\n"
+                                       "```{glossary}\nMLA\nMulti-head Latent Attention\n多頭潛在注意力\n"
+                                       "  Attention.\n\nKV cache\n鍵值快取\n  The cache.\n```\n")
+    app = Sphinx(str(tmp_path), str(tmp_path), str(tmp_path / "_build"), str(tmp_path / "_doctrees"), "html",
+                 status=None, warning=None, freshenv=True)
+    app.build()
+    page = (tmp_path / "_build" / "index.html").read_text(encoding="utf-8")
+    dts = sorted(re.findall(r"<dt\b.*?</dt>", page, re.DOTALL), key=lambda dt: "MLA" in dt)
+    assert len(dts) == 2, dts
+    assert "KV cache · " in dts[0] and "鍵值快取" in dts[0]
+    assert "MLA · " in dts[1] and "Multi-head Latent Attention · " in dts[1] and "多頭潛在注意力" in dts[1]
+    for target in re.findall(r'<a class="reference internal" href="#([^"]+)"', page):
+        assert f'id="{target}"' in page, f"a link to #{target} has no target"
+
+
 def test_config_keeps_the_site_offline_and_fails_on_cell_errors():
     config = yaml.safe_load((BOOK / "_config.yml").read_text())
     sphinx = config["sphinx"]["config"]
