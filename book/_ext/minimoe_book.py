@@ -11,7 +11,7 @@ r"""Three fixes to the Jupyter Book 1 site, loaded from `_config.yml` (`sphinx.l
 - Glossary terms on one line. A `{glossary}` entry lists each of its names (English, its abbreviation, 繁體中文)
   on a line of its own, so that `{term}` can link to any of them; Sphinx draws each as its own `<dt>`, which put
   the Chinese term on a line below the English one. The names of an entry are joined into one `<dt>`, separated
-  by " · ", each keeping its link target (an empty anchor with the name's id).
+  by " · ", each keeping its link target (a `<span>` around the name, with the name's id).
 - Equation tags in multi-line display maths. Sphinx wraps display maths that contains `\\` in
   `\begin{split}`, where MathJax refuses `\tag` ("\tag not allowed in split environment"); JupyterLab does not
   wrap it. An unnumbered display equation that has both is passed to MathJax as written, between `\[ \]`.
@@ -148,9 +148,9 @@ GLOSSARY_SEPARATOR = " · "
 def glossary_terms_on_one_line(app: Sphinx, doctree: nodes.document, docname: str) -> None:
     """Join the names of each glossary entry (one `term` node per name) into its first term node.
 
-    The first name keeps its `<dt>` id and permalink; every other name brings its text and index entry and keeps its
-    id on an empty anchor just before its text, so that links to it still land on the entry. The names stay text
-    directly inside the `<dt>` (the browser test reads the font of the Chinese term there).
+    The first name keeps its `<dt>` id and permalink; every other name moves, with its index entry, into a
+    `<span class="minimoe-term-name">` that carries its id, so that links to it still land on the entry and the
+    search page, which quotes the text at a result's anchor, finds the name there.
     """
     from sphinx import addnodes
 
@@ -160,9 +160,7 @@ def glossary_terms_on_one_line(app: Sphinx, doctree: nodes.document, docname: st
             first, others = terms[0] if terms else None, terms[1:]
             for term in others:
                 first += nodes.Text(GLOSSARY_SEPARATOR)
-                if term["ids"]:
-                    first += nodes.inline("", "", ids=list(term["ids"]), classes=["minimoe-term-anchor"])
-                first.extend(list(term.children))
+                first += nodes.inline("", "", *term.children, ids=list(term["ids"]), classes=["minimoe-term-name"])
                 item.remove(term)
 
 
