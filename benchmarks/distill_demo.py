@@ -1,8 +1,9 @@
 """Distillation vs RL on a small model, in miniature: R1 Table 6 on three-digit addition, with error bars over seeds.
 
-DeepSeek-R1 §2.4 and Table 6: large-scale RL on Qwen-32B-Base (DeepSeek-R1-Zero-Qwen-32B) reaches 47.0 pass@1 on
-AIME 2024, while the same base fine-tuned on 800k samples from DeepSeek-R1 (DeepSeek-R1-Distill-Qwen-32B) reaches
-72.6. Here, per seed:
+DeepSeek-R1 §4.1, Table 6: large-scale RL on Qwen-32B-Base (DeepSeek-R1-Zero-Qwen-32B) reaches 47.0 pass@1 on
+AIME 2024, while the same base fine-tuned on R1's 800k SFT samples (DeepSeek-R1-Distill-Qwen-32B, DeepSeek-R1 §2.4)
+reaches 72.6; of those samples about 600k are reasoning traces rejection-sampled from R1's intermediate RL
+checkpoint and about 200k non-reasoning samples from DeepSeek-V3's pipeline (DeepSeek-R1 §2.3.3). Here, per seed:
 
 1. Teacher: chapter 7's shipped SFT policy (``tiny-v3``) trained with the demo's GRPO recipe (trained once, seed 0).
 2. Student base: ``minimoe.distill.student_config`` (same architecture, half the width, ~4× fewer parameters),

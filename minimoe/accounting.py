@@ -33,7 +33,8 @@ class ParamCount:
     left out of ``total`` and ``active``, which describe the main model (the one that serves requests): ``mtp`` is
     what they add to ``Transformer(cfg)``, which shares the embedding and the head; ``mtp_copies`` is the copy of
     the embedding and of the head that DeepSeek's checkpoint stores with every MTP module. ``checkpoint_total`` =
-    ``total + mtp + mtp_copies`` is the size of the released files (the hub's "685B").
+    ``total + mtp + mtp_copies`` is the parameters of the released files; the Hub's "685B" also counts the float32
+    block scales stored beside every FP8 weight (``fp8_weight_scales``).
     """
 
     embedding: int
@@ -117,8 +118,10 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     DeepSeek-V3 with D = 1 (its released config): attention 187,105,280 + M_k 2·7168² = 102,760,448 + MoE
     256·7168 + 256 + 257·3·7168·2048 = 11,320,164,608 + norms 5·7168 + 2048 = 37,888 gives ``mtp`` =
     11,610,068,224; the copies 2·129,280·7,168 = 1,853,358,080; the module as stored 13,463,426,304 ≈ 13.5B; the
-    checkpoint 671,026,419,200 + 13,463,426,304 = 684,489,845,504 ≈ 684.5B. The hub's "685B = 671B + 14B" rounds
-    the main model to the nearest billion (671.03) but the MTP module (13.46) and the total (684.49) up.
+    checkpoint 671,026,419,200 + 13,463,426,304 = 684,489,845,504 ≈ 684.5B. The Hub's 685B counts every stored
+    tensor, the 41,540,496 float32 block scales of the FP8 weights included (``fp8_weight_scales``):
+    684,489,845,504 + 41,540,496 = 684,531,386,000, which rounds to 685B. (The repository's ``README_WEIGHTS.md``
+    gives the MTP module as 11.5B unique parameters: ``mtp`` less M_k's 102,760,448, i.e. 11.51B.)
 
     Shapes: returns counts of scalars (no tensors).
     """
@@ -149,6 +152,50 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         mtp=D * mtp_module,
         mtp_copies=D * 2 * V * d,
     )
+
+
+def _linear_shapes(cfg: ModelConfig, moe_layer: bool) -> list[tuple[int, int]]:
+    """(out, in) of every linear weight of one block: attention's projections, then the FFN's: every routed
+    expert, and the shared experts as one MLP of width ``n_shared_experts·moe_intermediate_size``, as DeepSeek's
+    checkpoints store them."""
+    d, n_h = cfg.hidden_size, cfg.num_attention_heads
+    if cfg.attention_type == "mha":
+        d_h, n_kv = cfg.baseline_head_dim, cfg.n_kv_heads
+        attn = [(n_h * d_h, d), (n_kv * d_h, d), (n_kv * d_h, d), (d, n_h * d_h)]  # wq, wk, wv, wo
+    else:
+        n, r, v, d_c, d_q = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank, cfg.q_lora_rank
+        w_q = [(n_h * (n + r), d)] if d_q is None else [(d_q, d), (n_h * (n + r), d_q)]  # W^Q, or W^DQ, [W^UQ; W^QR]
+        attn = w_q + [(d_c + r, d), (n_h * (n + v), d_c), (d, n_h * v)]  # [W^DKV; W^KR], [W^UK; W^UV], W^O
+    def swiglu(inter: int) -> list[tuple[int, int]]:
+        return [(inter, d), (d, inter), (inter, d)]  # w1, w2, w3
+
+    if not moe_layer:
+        return attn + swiglu(cfg.intermediate_size)
+    shared = swiglu(cfg.n_shared_experts * cfg.moe_intermediate_size) if cfg.n_shared_experts else []  # one MLP
+    return attn + cfg.n_routed_experts * swiglu(cfg.moe_intermediate_size) + shared
+
+
+def fp8_weight_scales(cfg: ModelConfig, block: int = 128) -> int:
+    """The float32 scales an FP8 checkpoint stores beside its weights (``weight_scale_inv``): one per
+    ``block``×``block`` block, ⌈out/block⌉·⌈in/block⌉ per weight (DeepSeek-V3 §3.3.2's 128×128 weight blocks).
+
+    The FP8 weights are those of DeepSeek-V3's released checkpoint: the attention projections, dense FFNs and
+    experts (routed and shared) of the main model and of its ``num_nextn_predict_layers`` MTP modules. The
+    embedding, the output head, the routers, the norms and each MTP module's M_k (``eh_proj``) are stored in BF16
+    and have no scales. DeepSeek-V3: 41,540,496 scales, and ``count_params(cfg).checkpoint_total`` + 41,540,496 =
+    684,531,386,000, the Hub's "685B".
+
+    Shapes: returns a count of scalars.
+    """
+    if not (isinstance(block, int) and block > 0):
+        raise ValueError(f"block ({block!r}) must be a positive integer")
+
+    def blocks(shapes: list[tuple[int, int]]) -> int:
+        return sum(-(-out // block) * -(-inp // block) for out, inp in shapes)  # ceil division
+
+    main = sum(blocks(_linear_shapes(cfg, cfg.is_moe_layer(i))) for i in range(cfg.num_hidden_layers))
+    mtp = blocks(_linear_shapes(cfg, cfg.is_moe_layer(cfg.num_hidden_layers - 1)))  # a block of the last layer's type
+    return main + cfg.num_nextn_predict_layers * mtp
 
 
 def kv_cache_per_token(cfg: ModelConfig, attention: str = "mla", *, n_groups: int | None = None,

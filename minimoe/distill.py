@@ -117,9 +117,10 @@ def rejection_sample(teacher: nn.Module, tokenizer: CharTokenizer, task: Any, n_
     """R1's distillation data (DeepSeek-R1 §2.3.3, §2.4): sample ``samples_per_prompt`` completions of each of
     ``n_prompts`` training problems from the teacher, keep those that are correct *and* well formatted.
 
-    DeepSeek-R1 §2.3.3 keeps only correct responses (judged by rules, or by DeepSeek-V3 for what rules cannot check)
-    and drops those with mixed languages, long paragraphs or code blocks: here the accuracy and format rewards
-    of chapter 7 are the judges. Only the "train" split is drawn, so the held-out problems stay unseen.
+    DeepSeek-R1 §2.3.3 samples the checkpoint of its reasoning-oriented RL stage, keeps only correct responses
+    (judged by rules, or by DeepSeek-V3 for what rules cannot check) and drops those with mixed languages, long
+    paragraphs or code blocks: about 600k reasoning samples, to which about 200k non-reasoning samples from
+    DeepSeek-V3's pipeline are added. Here the accuracy and format rewards of chapter 7 are the judges. Only the "train" split is drawn, so the held-out problems stay unseen.
     """
     problems = task.sample(n_prompts, "train", seed=seed)
     prompts = [tokenizer.encode(format_prompt(p.question, template), add_bos=True) for p in problems]

@@ -3,9 +3,12 @@
 DeepSeek-V3 §3.3 trains in FP8: the three GEMMs of every linear layer (Fprop, Dgrad, Wgrad; Figure 6) take FP8
 inputs, while the embedding, output head, MoE gating, normalisations and attention stay in BF16/FP32. What makes
 it work is *fine-grained* scaling (DeepSeek-V3 §3.3.2): one scale per 1×128 tile of activations (per token per
-128 channels) and per 128×128 block of weights, each the tile's max-abs divided by the format's largest value, so
-one outlier spoils only its own tile; and *increased accumulation precision*: the tensor cores of the H800 keep about 14 bits
-of the running sum, so partial sums are promoted to FP32 every N_C = 128 elements of the inner dimension.
+128 channels) and per 128×128 block of weights, each the tile's max-abs divided by the format's largest value,
+computed online from the current tile, so one outlier spoils only its own tile; and *increased accumulation
+precision*: the tensor cores of the H800 keep about 14 bits of the running sum (DeepSeek-V3 §3.5.2 describes how:
+32 products aligned to the largest exponent, the top 14 bits of each kept and the rest truncated, the results
+accumulated in a 14-bit register), so partial sums are promoted to FP32 every N_C = 128 elements of the inner
+dimension (DeepSeek-V3 §3.3.2).
 
 This module reproduces all of it on a CPU with torch's ``float8_e4m3fn`` / ``float8_e5m2`` casts. The matrix
 products themselves run in float32 on dequantised values ("fake quantisation"): the rounding is FP8's, the speed
@@ -145,14 +148,20 @@ def round_to_bits(x: torch.Tensor, bits: int, rounding: str = "nearest") -> torc
 
 
 def accumulate(products: torch.Tensor, bits: int | None = 14, promote_every: int | None = 128,
-               rounding: str = "nearest") -> torch.Tensor:
+               rounding: str = "truncate") -> torch.Tensor:
     """Σ_k products[..., k] as a tensor core with a ``bits``-bit accumulator would add them, one at a time.
 
-    The running sum is rounded to ``bits`` significant bits after every addition (DeepSeek-V3 §3.3.2: the H800's
-    FP8 GEMM "retains around 14 bits"; how it drops the rest is not published, hence ``rounding``). With
-    ``promote_every = N_C``, the limited sum restarts every N_C elements and each finished partial sum is added to
-    a float32 accumulator (the promotion to CUDA cores); ``None`` keeps the whole sum in the limited accumulator.
-    ``bits=None`` is plain float32 accumulation.
+    DeepSeek-V3 §3.3.2: the H800's FP8 GEMM "retains around 14 bits". DeepSeek-V3 §3.5.2 publishes how the other
+    bits go: the tensor core aligns 32 mantissa products by right-shifting them to the largest exponent, keeps the
+    highest 14 bits of each and *truncates* the rest, and accumulates the results in registers of 14-bit precision.
+    This function models that loss more simply: the running sum is cut to ``bits`` significant bits after every
+    addition, by truncation toward zero (``rounding="truncate"``, the default, the hardware's rule) or, as the
+    counterfactual of a hardware that rounds, to nearest (``rounding="nearest"``). Cutting after every product
+    rather than once per group of 32 probably loses more than the hardware does: read the truncated figure as an
+    upper estimate, not a reproduction (the simplification is ours, not the paper's). With ``promote_every = N_C``, the
+    limited sum restarts every N_C elements and each finished partial sum is added to a float32 accumulator (the
+    promotion to CUDA cores); ``None`` keeps the whole sum in the limited accumulator. ``bits=None`` is plain
+    float32 accumulation.
 
     Shapes: products (..., K) -> (...) float32.
     """
@@ -171,7 +180,7 @@ def accumulate(products: torch.Tensor, bits: int | None = 14, promote_every: int
 
 
 def fp8_gemm(x: torch.Tensor, w: torch.Tensor, *, bits: int | None = 14, promote_every: int | None = 128,
-             rounding: str = "nearest", fmt: str = "e4m3", block: int = 128) -> torch.Tensor:
+             rounding: str = "truncate", fmt: str = "e4m3", block: int = 128) -> torch.Tensor:
     """``x @ w.T`` as DeepSeek-V3's FP8 GEMM computes it: x quantised per 1×block tile, w per block×block, the
     products of the dequantised values accumulated by ``accumulate(bits, promote_every, rounding)``.
 
@@ -221,8 +230,12 @@ class FP8Linear(nn.Linear):
     """An ``nn.Linear`` whose Fprop, Dgrad and Wgrad see FP8-quantised operands (simulated, float32 products).
 
     ``scaling="block"``: activations and gradients per 1×``block`` tile, weights per ``block``×``block`` (V3's
-    fine-grained scaling with block = 128); ``scaling="tensor"``: one scale per tensor (the per-tensor recipe
-    V3 §3.3.2 argues against). ``fmt`` for activations and weights, ``grad_fmt`` for dL/dy; V3 uses E4M3 for all.
+    fine-grained scaling with block = 128; V3 re-quantises Wgrad's operands in 128×1 tiles, which here changes
+    only the rounding, see ``_FP8LinearFunction``); ``scaling="tensor"``: one scale per tensor (the per-tensor
+    recipe V3 §3.3.2 argues against). ``fmt`` for activations and weights, ``grad_fmt`` for dL/dy; V3 uses E4M3
+    for these GEMMs (DeepSeek-V3 §3.3.2), with the exceptions of DeepSeek-V3 §3.3.3: the inputs of the linear
+    layer after attention are kept in a custom E5M6 format with power-of-2 scales, the activations dispatched to
+    the MoE experts are quantised with power-of-2 scales, and the combine stays in BF16.
     The bias, if any, is added in float32. ``FP8Linear.from_linear`` shares the original's parameters.
 
     Shapes: x (..., in_features) -> (..., out_features) float32.

@@ -157,3 +157,33 @@ def test_training_cost_table_1():
         training_cost({"x": -1})
     with pytest.raises(ValueError, match="n_gpus"):
         wall_clock_days(100, 0)
+
+
+@pytest.mark.parametrize("name", ["tiny-v3", "tiny-v2", "tiny-dense"])
+@pytest.mark.parametrize("block", [16, 128])
+def test_fp8_weight_scales_match_the_linear_weights_of_the_model(name, block):
+    """One scale per block×block block of every weight DeepSeek's checkpoint stores in FP8: the attention
+    projections, dense FFNs and experts of the main model and the MTP modules; not the embedding, head, routers
+    or M_k (eh_proj)."""
+    import torch
+
+    from minimoe import Transformer
+    from minimoe.accounting import fp8_weight_scales
+
+    cfg = preset(name, num_nextn_predict_layers=1)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    kept_in_bf16 = ("embed.weight", "head.weight", "router.weight", "proj.weight")
+    expected = sum(-(-p.shape[0] // block) * -(-p.shape[1] // block) for n, p in model.named_parameters()
+                   if p.dim() == 2 and not n.endswith(kept_in_bf16))
+    assert fp8_weight_scales(cfg, block) == expected
+
+
+def test_fp8_weight_scales_of_deepseek_v3_give_the_hubs_685b():
+    from minimoe.accounting import fp8_weight_scales
+
+    cfg = preset("deepseek-v3")
+    assert fp8_weight_scales(cfg) == 41_540_496
+    assert count_params(cfg).checkpoint_total + fp8_weight_scales(cfg) == 684_531_386_000
+    with pytest.raises(ValueError, match="block"):
+        fp8_weight_scales(cfg, 0)

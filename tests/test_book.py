@@ -33,7 +33,7 @@ REQUIRED_BIB = {
     "deepseekmath": "2402.03300", "dapo": "2503.14476", "drgrpo": "2503.20783", "gshard": "2006.16668",
     "switch": "2101.03961", "vaswani2017attention": "1706.03762", "shazeer2019mqa": "1911.02150",
     "ainslie2023gqa": "2305.13245", "su2021roformer": "2104.09864", "peng2023yarn": "2309.00071",
-    "schulman2017ppo": "1707.06347", "dai2024deepseekmoe": "2401.06066",
+    "schulman2017ppo": "1707.06347", "dai2024deepseekmoe": "2401.06066", "gloeckle2024multitoken": "2404.19737",
 }
 REQUIRED_TERMS = [
     "MLA", "多頭潛在注意力", "MoE", "混合專家", "GRPO", "群組相對策略優化", "KV cache", "鍵值快取", "RoPE",
@@ -87,6 +87,56 @@ def test_glossary_has_english_and_chinese_terms():
     terms = glossary_terms()
     missing = [t for t in REQUIRED_TERMS if t not in terms]
     assert not missing, f"glossary.md lacks {missing}"
+
+
+CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def glossary_entries() -> list[list[str]]:
+    """The names of each glossary entry: the unindented lines before its indented definition."""
+    block = re.search(r"```\{glossary\}\n(.*?)\n```", (BOOK / "glossary.md").read_text(), re.DOTALL).group(1)
+    entries, names = [], []
+    for line in block.splitlines():
+        if line.startswith(":") or not line.strip():
+            continue
+        if line.startswith(" "):
+            if names:
+                entries.append(names)
+            names = []
+        else:
+            names.append(line.strip())
+    return entries
+
+
+def test_every_glossary_entry_has_an_english_and_a_chinese_term():
+    entries = glossary_entries()
+    assert len(entries) >= 30 and ["KV cache", "鍵值快取"] in entries
+    for names in entries:
+        assert any(not CJK.search(n) for n in names), f"glossary entry {names} has no English term"
+        assert any(CJK.search(n) for n in names), f"glossary entry {names} has no 繁體中文 term"
+
+
+def test_glossary_terms_are_drawn_on_one_line(tmp_path):
+    """The extension joins an entry's names into one <dt>; every name stays a link target."""
+    pytest.importorskip("myst_parser")
+    from sphinx.application import Sphinx
+
+    (tmp_path / "conf.py").write_text(f"import sys\nsys.path.insert(0, {str(BOOK / '_ext')!r})\n"
+                                      "extensions = ['myst_parser', 'minimoe_book']\nhtml_theme = 'basic'\n")
+    (tmp_path / "index.md").write_text("# Glossary\n\nSee {term}`鍵值快取` and {term}`多頭潛在注意力`.\n\n"
+                                       "```{glossary}\nMLA\nMulti-head Latent Attention\n多頭潛在注意力\n"
+                                       "  Attention.\n\nKV cache\n鍵值快取\n  The cache.\n```\n")
+    app = Sphinx(str(tmp_path), str(tmp_path), str(tmp_path / "_build"), str(tmp_path / "_doctrees"), "html",
+                 status=None, warning=None, freshenv=True)
+    app.build()
+    page = (tmp_path / "_build" / "index.html").read_text(encoding="utf-8")
+    dts = sorted(re.findall(r"<dt\b.*?</dt>", page, re.DOTALL), key=lambda dt: "MLA" in dt)
+    assert len(dts) == 2, dts
+    text = [re.sub(r"<[^>]+>", "", dt) for dt in dts]
+    assert text[0].startswith("KV cache · 鍵值快取"), text
+    assert text[1].startswith("MLA · Multi-head Latent Attention · 多頭潛在注意力"), text
+    for target in re.findall(r'<a class="reference internal" href="#([^"]+)"', page):
+        assert f'id="{target}"' in page, f"a link to #{target} has no target"
 
 
 def test_config_keeps_the_site_offline_and_fails_on_cell_errors():
@@ -602,8 +652,10 @@ def test_explorers_say_they_run_live_and_progress_bars_are_text(browser, site_ur
 def test_glossary_chinese_renders_with_a_cjk_font(browser, site_url):
     page, watch = open_sized(browser, f"{site_url}/glossary.html", 1280)
     try:
-        term = page.locator("dl.glossary dt", has_text="鍵值快取").first
+        # the Chinese name sits beside the English one, in its own span (book/_ext: glossary_terms_on_one_line)
+        term = page.locator("dl.glossary dt .minimoe-term-name", has_text="鍵值快取").first
         assert term.is_visible(), "the glossary does not show 鍵值快取"
+        assert "KV cache" in term.locator("xpath=..").inner_text(), "鍵值快取 is not on the line of KV cache"
         term.evaluate("e => e.id = e.id || 'minimoe-cjk-probe'")
         probe = term.get_attribute("id")
         cdp = page.context.new_cdp_session(page)

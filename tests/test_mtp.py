@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe import ModelConfig, Transformer, count_params, generate
+from minimoe.accounting import fp8_weight_scales
 from minimoe.moe import routing_balance_loss
 from minimoe.mtp import IGNORE_INDEX, mtp_combine, mtp_cross_entropies, mtp_loss
 from minimoe.norm import RMSNorm
@@ -140,7 +141,12 @@ def test_v3_mtp_module_count_and_the_hub_rounding():
     assert p.mtp_copies == 2 * 129_280 * 7168 == 1_853_358_080
     assert p.checkpoint_total == 684_489_845_504 == p.total + 13_463_426_304
     assert round(p.total / 1e9) == 671 and round((p.mtp + p.mtp_copies) / 1e9, 1) == 13.5
-    assert round(p.checkpoint_total / 1e9, 1) == 684.5  # the hub: "685B = 671B + 14B" (rounded up)
+    assert round(p.checkpoint_total / 1e9, 1) == 684.5
+    # the Hub's 685B counts every stored tensor: the parameters and the float32 weight_scale_inv block scales
+    scales = fp8_weight_scales(ModelConfig.from_preset("deepseek-v3"))
+    assert scales == 41_540_496 and p.checkpoint_total + scales == 684_531_386_000
+    assert round((p.checkpoint_total + scales) / 1e9) == 685  # rounded to the nearest billion, like 671
+    assert round((p.mtp - 2 * 7168**2) / 1e9, 1) == 11.5  # README_WEIGHTS.md's MTP module: M_1 (eh_proj) left out
     assert count_params(ModelConfig.from_preset("deepseek-v3", num_nextn_predict_layers=0)).mtp == 0
 
 
@@ -222,8 +228,8 @@ def test_speculative_needs_mtp_modules():
 
 
 def test_accept_drafts_rule_keeps_the_target_distribution():
-    """One draft from q, verified against p: the emitted token is distributed as p (Leviathan et al. 2023,
-    Theorem 1), counted over 200,000 draws; total variation below 0.01 (its noise is about 0.003)."""
+    """One draft from q, verified against p: the emitted token is distributed as p (Chen et al. 2023,
+    Theorem 1; Leviathan et al. 2023, Appendix A.1), counted over 200,000 draws; total variation below 0.01 (its noise is about 0.003)."""
     torch.manual_seed(6)
     V, N = 5, 200_000
     p_logits = torch.tensor([2.0, 0.5, 0.0, -1.0, 1.0])

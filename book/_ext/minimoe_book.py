@@ -8,6 +8,10 @@ r"""Three fixes to the Jupyter Book 1 site, loaded from `_config.yml` (`sphinx.l
 - Each script once per page. sphinx-thebe registers its inline configuration script (`const THEBE_JS_URL = …`)
   twice during a Jupyter Book build, once with filename None and once with "", so every page declared the
   constant twice and the browser logged a SyntaxError.
+- Glossary terms on one line. A `{glossary}` entry lists each of its names (English, its abbreviation, 繁體中文)
+  on a line of its own, so that `{term}` can link to any of them; Sphinx draws each as its own `<dt>`, which put
+  the Chinese term on a line below the English one. The names of an entry are joined into one `<dt>`, separated
+  by " · ", each keeping its link target (a `<span>` around the name, with the name's id).
 - Equation tags in multi-line display maths. Sphinx wraps display maths that contains `\\` in
   `\begin{split}`, where MathJax refuses `\tag` ("\tag not allowed in split environment"); JupyterLab does not
   wrap it. An unnumbered display equation that has both is passed to MathJax as written, between `\[ \]`.
@@ -137,6 +141,30 @@ def keep_tags_out_of_split(app: Sphinx, doctree: nodes.document, docname: str) -
         if r"\tag" in latex and r"\\" in latex:
             node[:] = [nodes.Text(f"{opening}{latex}{closing}")]
             node["nowrap"] = True
+
+
+# ------------------------------------------------------------------------------------------- glossary
+
+GLOSSARY_SEPARATOR = " · "
+
+
+def glossary_terms_on_one_line(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Join the names of each glossary entry (one `term` node per name) into its first term node.
+
+    The first name keeps its `<dt>` id and permalink; every other name moves, with its index entry, into a
+    `<span class="minimoe-term-name">` that carries its id, so that links to it still land on the entry and the
+    search page, which quotes the text at a result's anchor, finds the name there.
+    """
+    from sphinx import addnodes
+
+    for glossary in doctree.findall(addnodes.glossary):
+        for item in glossary.findall(nodes.definition_list_item):
+            terms = [child for child in item.children if isinstance(child, nodes.term)]
+            first, others = terms[0] if terms else None, terms[1:]
+            for term in others:
+                first += nodes.Text(GLOSSARY_SEPARATOR)
+                first += nodes.inline("", "", *term.children, ids=list(term["ids"]), classes=["minimoe-term-name"])
+                item.remove(term)
 
 
 # ------------------------------------------------------------------------------------------- figures
@@ -350,6 +378,7 @@ def setup(app: Sphinx) -> dict:
     app.connect("html-page-context", freeze_widgets, priority=900)
     app.connect("html-page-context", footer_with_version, priority=900)
     app.connect("doctree-resolved", keep_tags_out_of_split)
+    app.connect("doctree-resolved", glossary_terms_on_one_line)
     app.connect("doctree-resolved", describe_figures)
     app.connect("doctree-resolved", note_live_explorers)
     app.add_js_file("minimoe/site.js")
