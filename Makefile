@@ -7,13 +7,14 @@ STAMP   := $(VENV)/.installed
 # when it is unavailable, `torch>=2.4` resolves as usual. The pin lives here, never in pyproject.toml.
 TORCH_PREFERRED ?= torch==2.13.0
 
-.PHONY: help install test test-fast book lab bench clean browser-deps grading-deps repository
+.PHONY: hub hub-deps help install test test-fast book lab bench clean browser-deps grading-deps repository
 
 help:
 	@echo "make book   execute every chapter and build the site into book/_build/html"
 	@echo "make test   run the whole test suite"
 	@echo "make lab    open working copies of the chapters (lab/) in JupyterLab"
 	@echo "make bench  run the benchmarks in benchmarks/"
+	@echo "make hub    start the course hub on 127.0.0.1:8000 (as root; DEMO=1 creates three demo users)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +28,7 @@ install: $(STAMP)
 # Two pytest workers on two cores: one torch thread each, or OpenMP threads fight over the cores (10x slower).
 # --dist loadfile keeps each test file on one worker (the book tests share one build; loadgroup is ignored by
 # pytest-xdist 3.8 under pytest 9).
-test: $(STAMP) browser-deps grading-deps
+test: $(STAMP) browser-deps grading-deps hub-deps
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
@@ -88,3 +89,13 @@ grading-deps:
 assignments: $(STAMP) grading-deps
 	cd assignments && for a in source/*/; do a=$$(basename $$a); \
 		PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
+
+# The course hub (hub/README.md): JupyterHub with nbgrader's exchange, on 127.0.0.1:8000. Its proxy comes from npm.
+hub-deps:
+	@test -x hub/node_modules/.bin/configurable-http-proxy || npm install --silent --no-audit --no-fund --prefix hub \
+		configurable-http-proxy@5 || echo "hub-deps: npm could not install configurable-http-proxy; the hub test will skip"
+
+hub: $(STAMP) hub-deps
+	$(BIN)/python hub/prepare.py $(if $(DEMO),--demo-users)
+	set -a; for f in hub/_state/*.env; do . $$f; done; set +a; \
+		$(BIN)/jupyterhub -f hub/jupyterhub_config.py
