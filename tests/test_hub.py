@@ -183,20 +183,26 @@ def answers(all_parts: bool) -> dict[str, str]:
     return out if all_parts else dict(list(out.items())[:1])
 
 
+# JupyterHub's servers check the XSRF token of every API request authenticated by cookie, GET included.
+XSRF = ("const cookie = document.cookie.split('; ').find(c => c.startsWith('_xsrf=')); "
+        "const xsrf = cookie ? decodeURIComponent(cookie.slice(6)) : '';")
+
+
 def write_answers(page, hub: Hub, user: str, all_parts: bool) -> None:
     """Save the answers into the fetched notebook through the user's Jupyter server (the browser's session)."""
     url = f"/user/{user}/api/contents/{LAB}/{LAB}.ipynb"
-    nb = page.evaluate("async (url) => (await (await fetch(url)).json()).content", url)
+    got = page.evaluate("async (url) => { " + XSRF + " const r = await fetch(url + '?content=1&type=notebook', "
+                        "{headers: {'X-XSRFToken': xsrf}}); return {status: r.status, body: await r.text()}; }", url)
+    assert got["status"] == 200, f"reading {user}'s fetched notebook: HTTP {got['status']}: {got['body'][:500]}"
+    nb = json.loads(got["body"])["content"]
     mine = answers(all_parts)
     for cell in nb["cells"]:
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if grade_id in mine:
             cell["source"] = mine[grade_id]
-    status = page.evaluate("""async ([url, nb]) => {
-        const xsrf = document.cookie.split('; ').find(c => c.startsWith('_xsrf='));
+    status = page.evaluate("async ([url, nb]) => { " + XSRF + """
         const r = await fetch(url, {method: 'PUT', headers: {'Content-Type': 'application/json',
-            'X-XSRFToken': xsrf ? decodeURIComponent(xsrf.split('=')[1]) : ''},
-            body: JSON.stringify({type: 'notebook', format: 'json', content: nb})});
+            'X-XSRFToken': xsrf}, body: JSON.stringify({type: 'notebook', format: 'json', content: nb})});
         return r.status; }""", [url, nb])
     assert status == 200, f"saving {user}'s answers: HTTP {status}"
 
