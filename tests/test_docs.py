@@ -18,7 +18,7 @@ def _tree() -> set[str]:
     """The modules docs/internals.md's tree lists, as ``folder/name.py``: a top-level entry is a module or a folder;
     every ``name.py`` on a folder's lines (its own and the indented ones below it) is one of its modules."""
     text = (ROOT / "docs" / "internals.md").read_text(encoding="utf-8")
-    block = re.search(r"```\nminimoe/.*?\n```", text, re.S).group(0).splitlines()[2:]
+    block = re.search(r"```\nminimoe/.*?\n```", text, re.DOTALL).group(0).splitlines()[2:]
     listed, folder = set(), ""
     for line in block:
         if not line.startswith("  "):  # notebooks/, book/, …: the package's tree has ended
