@@ -10,6 +10,7 @@ import torch
 
 from judge.core import Failed, Item, call, check_tensor, unchanged
 from judge.remote import Config, module_spec
+from minimoe.attention import attention_inputs
 from minimoe.attention.cache import LayerCache
 from minimoe.attention.mla import MultiHeadLatentAttention
 from minimoe.attention.rope import RotaryEmbedding
@@ -45,7 +46,7 @@ def _naive(config: Config, T: int):
         mla = MultiHeadLatentAttention(cfg).double()
         x = torch.randn(2, T, cfg.hidden_size, generator=gen, dtype=torch.float64)
         with torch.no_grad():
-            want = mla(x)
+            want = mla(x, *attention_inputs(RotaryEmbedding.of(cfg), 2, T))
         reply = call(remote, "mla_naive", module_spec(mla, "MultiHeadLatentAttention", config), config, x, full=True)
         unchanged("mla_naive", reply, (x,))
         check_tensor("mla_naive", reply["value"], want, 1e-6)
@@ -62,10 +63,10 @@ def _absorbed(config: Config, batch: int, prefix: int, steps: int):
         spec = module_spec(mla, "MultiHeadLatentAttention", config, kwargs={"mode": "absorbed"},
                            disabled=["wkv_b"], disabled_message=WKV_B_REFUSED)
         x = torch.randn(batch, prefix + steps, cfg.hidden_size, generator=gen, dtype=torch.float64)
-        cache = LayerCache()
+        cache, rope = LayerCache(), RotaryEmbedding.of(cfg)
         with torch.no_grad():
             if prefix:
-                mla(x[:, :prefix], cache=cache)
+                mla(x[:, :prefix], *attention_inputs(rope, batch, prefix), cache)
         c_kv = cache.tensors["c_kv"] if prefix else torch.zeros(batch, 0, cfg.kv_lora_rank, dtype=torch.float64)
         k_rope = cache.tensors["k_rope"] if prefix else torch.zeros(batch, 0, cfg.qk_rope_head_dim,
                                                                     dtype=torch.float64)
@@ -77,7 +78,7 @@ def _absorbed(config: Config, batch: int, prefix: int, steps: int):
             if not isinstance(value, tuple) or len(value) != 3:
                 raise Failed("mla_absorbed_decode: wrong type (a tuple (out, c_kv, k_rope) is expected)")
             with torch.no_grad():
-                want = mla(x_t, cache=cache)
+                want = mla(x_t, *attention_inputs(rope, batch, 1, len(cache)), cache)
             c_kv, k_rope = cache.tensors["c_kv"], cache.tensors["k_rope"]
             check_tensor("mla_absorbed_decode", value[1], c_kv, 1e-6, "wrong c_kv cache returned")
             check_tensor("mla_absorbed_decode", value[2], k_rope, 1e-6, "wrong k_rope cache returned")
@@ -89,7 +90,8 @@ def _absorbed(config: Config, batch: int, prefix: int, steps: int):
 def _reference_count(cfg, mode: str) -> int:
     cache = LayerCache()
     with torch.no_grad():
-        MultiHeadLatentAttention(cfg, mode=mode)(torch.randn(1, 2, cfg.hidden_size), cache=cache)
+        MultiHeadLatentAttention(cfg, mode=mode)(torch.randn(1, 2, cfg.hidden_size),
+                                                 *attention_inputs(RotaryEmbedding.of(cfg), 1, 2), cache)
     return cache.elements_per_token()
 
 

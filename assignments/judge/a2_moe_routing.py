@@ -8,7 +8,7 @@ import torch
 from judge.core import Failed, Item, call, check_tensor, tensors, unchanged
 from minimoe.moe import balance, gate
 
-STUBS = {"minimoe.moe.gate": ["affinity_scores", "group_mask", "select_experts", "route", "Router.forward"],
+STUBS = {"minimoe.moe.gate": ["affinity_scores", "group_mask", "select_experts", "Router.forward"],
          "minimoe.moe.balance": ["expert_balance_loss", "device_balance_loss", "communication_balance_loss",
                                  "sequence_balance_loss", "expert_load", "update_selection_bias"]}
 
@@ -34,8 +34,9 @@ def _route(scoring: str, norm: bool, scale: float, k: int, dtype: torch.dtype, n
         logits = torch.randn(13, n_experts, generator=gen, dtype=torch.float64).to(dtype)
         reply = call(remote, "route_topk", logits, k, scoring, norm, scale, full=True)
         unchanged("route_topk", reply, (logits,))
-        want_w, want_i = gate.route(gate.affinity_scores(logits, scoring), k, norm_topk_prob=norm,
-                                    routed_scaling_factor=scale)
+        sel = gate.select_experts(gate.affinity_scores(logits, scoring), k, norm_topk_prob=norm,
+                                  routed_scaling_factor=scale)
+        want_w, want_i = sel.gate_weights, sel.experts
         _routing("route_topk", reply["value"], want_w, want_i, n_experts, torch.float32)
     return check
 
@@ -45,8 +46,9 @@ def _group(n: int, e: int, k: int, n_group: int, topk_group: int, dtype: torch.d
         scores = torch.randn(n, e, generator=gen, dtype=torch.float64).softmax(-1).to(dtype)
         reply = call(remote, "group_limited_route", scores, k, n_group, topk_group, full=True)
         unchanged("group_limited_route", reply, (scores,))
-        want_w, want_i = gate.route(scores, k, topk_method="group_limited_greedy", n_group=n_group,
-                                    topk_group=topk_group)
+        sel = gate.select_experts(scores, k, topk_method="group_limited_greedy", n_group=n_group,
+                                  topk_group=topk_group)
+        want_w, want_i = sel.gate_weights, sel.experts
         _routing("group_limited_route", reply["value"], want_w, want_i, e, dtype)
     return check
 
@@ -57,7 +59,8 @@ def _best_not_sum(remote, gen):
                            [0.21, 0.20, 0.20, 0.01, 0.01, 0.02, 0.01, 0.30, 0.01, 0.01, 0.01, 0.01]])
     scores = scores[torch.randperm(2, generator=gen)]
     value = call(remote, "group_limited_route", scores, 2, 3, 1)
-    want_w, want_i = gate.route(scores, 2, topk_method="group_limited_greedy", n_group=3, topk_group=1)
+    sel = gate.select_experts(scores, 2, topk_method="group_limited_greedy", n_group=3, topk_group=1)
+    want_w, want_i = sel.gate_weights, sel.experts
     _routing("group_limited_route", value, want_w, want_i, 12, torch.float32)
 
 
