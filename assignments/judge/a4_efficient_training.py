@@ -1,5 +1,5 @@
 """The judge of a4_efficient_training: block-wise FP8 quantisation, the block-wise FP8 GEMM with per-chunk scales,
-the MTP module's input and loss, logit distillation (14 points over 33 items).
+the MTP module's input and loss, logit distillation (14 points over 32 items).
 
 References: the judge's own ``minimoe.fp8``, ``minimoe.mtp`` and ``minimoe.distill`` (trusted), and for the GEMM
 also a float64 product of the dequantised operands; the sandbox's copy of those modules raises "not available
@@ -33,15 +33,17 @@ def _finite(fn: str, *values: torch.Tensor) -> None:
 
 
 # -- Part 1: quantize, dequantize ---------------------------------------------------------------------------------
-def _activation(gen, shape, dtype, block, outliers=3) -> torch.Tensor:
-    """Gaussian values with a few outliers of 1e2 to 1e5 (either sign) and one all-zero block."""
+def _activation(gen, shape, dtype, block, outliers=3, zero_block=False) -> torch.Tensor:
+    """Gaussian values with a few outliers of 1e2 to 1e5 (either sign), and optionally one all-zero block (the
+    edge case has its own items: a missing 1e-4 floor costs those, not the main ones)."""
     x = torch.randn(*shape, generator=gen, dtype=F64)
     flat = x.view(-1)
     at = torch.randint(0, flat.numel(), (outliers,), generator=gen)
     size = 10 ** (2 + 3 * torch.rand(outliers, generator=gen, dtype=F64))
     flat[at] = torch.where(torch.rand(outliers, generator=gen) < 0.5, -size, size)
-    i, j = _int(gen, 0, shape[-2] // block[0]), _int(gen, 0, shape[-1] // block[1])
-    x[..., i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] = 0.0
+    if zero_block:
+        i, j = _int(gen, 0, shape[-2] // block[0]), _int(gen, 0, shape[-1] // block[1])
+        x[..., i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] = 0.0
     return x.to(dtype)
 
 
@@ -142,7 +144,7 @@ def _dequantize_quantized(remote, gen):
 def _gemm_operands(gen, M: int, K: int, N: int, zero_tile: bool = False):
     """(qx, sx, qw, sw): activations with outliers in 1x128 tiles, weights in 128x128 blocks, quantised by the
     reference; the scales differ from chunk to chunk along K."""
-    x = _activation(gen, (M, K), F32, (1, N_C)) if zero_tile else torch.randn(M, K, generator=gen) * (
+    x = _activation(gen, (M, K), F32, (1, N_C), zero_block=True) if zero_tile else torch.randn(M, K, generator=gen) * (
         10 ** (2 * torch.rand(M, K // N_C, generator=gen))).repeat_interleave(N_C, 1)
     w = 0.05 * torch.randn(N, K, generator=gen) * (4 ** torch.rand(N // N_C, K // N_C, generator=gen)
                                                    ).repeat_interleave(N_C, 0).repeat_interleave(N_C, 1)
