@@ -10,9 +10,7 @@ wrong and lose only that thing's items (a quantize without the 1e-4 floor, chapt
 from __future__ import annotations
 
 import pytest
-
-from test_assignments import (autograded_text, course, nbgrader, reference_solutions, run, secret,  # noqa: F401
-                               submit)
+from test_assignments import autograded_text, course, nbgrader, reference_solutions, run, secret, submit  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("assignments")]
 
@@ -133,10 +131,10 @@ def test_calling_the_reference_earns_nothing(a4):
 
 
 def test_a_regrade_repeats_scores_and_feedback(a4, secret):  # noqa: F811
-    results, course = a4
+    results, graded = a4
     students = ["solved", "no_floor", "scaled_first"]
-    before = {s: autograded_text(course, s, LAB) for s in students}
-    again = run(course, LAB, secret, students)
+    before = {s: autograded_text(graded, s, LAB) for s in students}
+    again = run(graded, LAB, secret, students)
     for s in students:
         assert again[s].score == results[s].score
-        assert autograded_text(course, s, LAB) == before[s]
+        assert autograded_text(graded, s, LAB) == before[s]

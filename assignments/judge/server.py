@@ -5,7 +5,8 @@ cells, their own cells and the release's setup cells; never a test cell) in a pl
 each under a timer of ``cell_timeout`` seconds, continuing after errors as a notebook would. It then answers call
 requests on the data channel (``wire.py``): ``{"call": name, "args": [...], "grad": [i, ...]}`` calls the
 function ``name`` of the notebook's namespace and replies ``{"value": result}`` (with ``"grads"`` of the result
-with respect to the arguments listed in ``grad``, and ``"args_after"``: the tensor arguments after the call) or
+with respect to the arguments listed in ``grad``, each a tensor or a list of tensors, and ``"args_after"``: the
+tensor arguments, those in lists included, after the call) or
 ``{"error": "raised"}``. Nothing here is trusted: the judge checks every value it receives, and this process's
 stdout and stderr go only to the lecturer's log.
 
