@@ -353,7 +353,7 @@ def test_a2_full_marks_and_zero(course, secret):
     assert results["solved"].score == AUTO["a2_moe_routing"] and results["release"].score == 0
 
 
-@pytest.mark.parametrize("assignment", ["a3_grpo", "a4_efficient_training"])
+@pytest.mark.parametrize("assignment", ["a4_efficient_training"])
 def test_labs_without_a_judge_are_refused_by_name(course, secret, assignment):
     nbgrader(course, "generate_assignment", assignment, "--force")
     with pytest.raises(SystemExit, match="has no judge yet"):
