@@ -354,8 +354,11 @@ def test_a2_full_marks_and_zero(course, secret):
     assert results["solved"].score == AUTO["a2_moe_routing"] and results["release"].score == 0
 
 
-@pytest.mark.parametrize("assignment", ["a3_grpo"])
-def test_labs_without_a_judge_are_refused_by_name(course, secret, assignment):
+def test_a_lab_without_a_judge_is_refused_by_name(course, secret):
+    """A new lab in source/ whose judge module is not written yet is refused, not graded by nothing."""
+    assignment = "a9_new_lab"
+    (course / "source" / assignment).mkdir()
+    shutil.copy(course / "source" / "a1_mla" / "a1_mla.ipynb", course / "source" / assignment / f"{assignment}.ipynb")
     nbgrader(course, "generate_assignment", assignment, "--force")
     with pytest.raises(SystemExit, match="has no judge yet"):
         run(course, assignment, secret)
