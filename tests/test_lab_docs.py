@@ -93,7 +93,7 @@ def test_students_page_says_what_may_be_read_and_forbids_copying():
 def _feedback_lines(text: str) -> list[str]:
     """Feedback lines quoted in `text` (inline, possibly wrapped, or one per line of a code block)."""
     flat = re.sub(r"\s*\n\s*", " ", text)
-    return [m.strip() for m in re.findall(r"\[[\d.]+/[\d.]+\] [^`\[]*?: (?:passed|FAILED: [^`\[]+?)(?=`|\[|grader:|$)",
+    return [m.strip() for m in re.findall(r"\[[\d.]+/[\d.]+\] [^`\[]*?: (?:passed|FAILED: [^`\[]+?)(?=\s*(?:`|\[|grader:|$))",
                                           flat)]
 
 
