@@ -2,9 +2,12 @@
 
 :func:`stage` copies regular files only, never following a link. :func:`read_notebook` checks a notebook's size
 and cell count before parsing it. A student may delete, reorder or duplicate cells, strip their metadata, add a
-fake grade cell, or paste nbgrader's markers into their own code; :func:`restore_structure` rebuilds every notebook on the released one instead: the release's locked cells
-(instructions and tests) in the release's order, each answer cell taken from the student by its ``grade_id`` (or,
-when the metadata was stripped, by its cell id), and the student's own extra cells kept after the cell they followed.
+fake grade cell; :func:`restore_structure` rebuilds every notebook on the released one instead: the release's
+locked cells (instructions and tests) in the release's order, each answer cell taken from the student by its
+``grade_id`` (or, when the metadata was stripped, by its cell id), and the student's own extra cells kept after the
+cell they followed. Text such as nbgrader's ``### BEGIN SOLUTION`` markers in a student's cell is kept as written:
+no step after grading interprets it (``grade.py`` writes the scores and the autograded notebook itself, and
+``nbgrader generate_feedback`` only renders them).
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import uuid
 from pathlib import Path
 
 import nbformat
-
-_MARKERS = re.compile(r"(BEGIN|END) (HIDDEN TESTS|SOLUTION)")
 
 
 class UnreadableSubmission(ValueError):
@@ -155,9 +156,7 @@ def restore_structure(student: nbformat.NotebookNode, release: nbformat.Notebook
 
     def own(cell, meta=None):
         new = nbformat.v4.new_code_cell() if cell.get("cell_type") == "code" else nbformat.v4.new_markdown_cell()
-        new.source = _MARKERS.sub(lambda m: f"{m.group(1)}-{m.group(2).replace(' ', '-')}", cell.get("source", ""))
-        if new.source != cell.get("source", ""):
-            notes.append("nbgrader markers in the student's own code were neutralised")
+        new.source = cell.get("source", "")
         if meta is not None:
             new.metadata["nbgrader"] = copy.deepcopy(meta)
         cid = cell.get("id")

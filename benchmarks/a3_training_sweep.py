@@ -1,8 +1,8 @@
 """Assignment 3, Part 6: how far a correct loss clears the training test's threshold, over many seeds.
 
-The hidden test of `assignments/source/a3_grpo/a3_grpo.ipynb` (Part 6) loads the shipped SFT checkpoint, runs
-``minimoe.rl.demo.make_trainer(policy, loss_fn=<the student's grpo_loss>, **TEST_SETTINGS, seed=s)`` with a seed
-derived from the grading seed, and requires greedy held-out exact match on ``EVAL_N`` problems to rise by at least
+The training item of `assignments/judge/a3_grpo.py` (Part 6) loads the shipped SFT checkpoint, runs
+``minimoe.rl.demo.make_trainer(policy, loss_fn=<the student's grpo_loss>, **TRAIN_SETTINGS, seed=s)`` in the judge
+with a seed derived from the grading seed, and requires greedy held-out exact match on ``EVAL_N`` problems to rise by at least
 ``THRESHOLD`` (a run that falls short is repeated once with another seed). A correct loss must fail that with
 probability below 1e-4, so this script trains the reference loss
 (``minimoe.rl.grpo.grpo_loss``) over ``--seeds`` seeds and prints the gains' min / mean / max and the margin between
@@ -11,7 +11,8 @@ trains a few wrong losses and prints their gains, to show honestly what the trai
 a sign error does not train; a wrong aggregation (``"grpo"`` where ``"dapo"`` is asked) or a loss that ignores the
 mask still trains, which is why Part 3's tests, not Part 6, check those.
 
-Keep ``TEST_SETTINGS``, ``EVAL_N`` and ``THRESHOLD`` equal to the notebook's hidden test.
+Keep ``TEST_SETTINGS``, ``EVAL_N`` and ``THRESHOLD`` equal to the judge's ``TRAIN_SETTINGS``, ``EVAL_N`` and
+``THRESHOLD`` (points of 100).
 
 Run: ``python benchmarks/a3_training_sweep.py`` (200 seeds and 20 per wrong loss: about 12 minutes of one CPU core),
 ``--seeds 20 --variant-seeds 3`` for a quick look.
@@ -87,7 +88,7 @@ def main() -> None:
           f"sd {sd:.1%}; {failures} below the threshold; mean - threshold = {(mean - THRESHOLD) / sd:.1f} sd, "
           f"min - threshold = {(min(gains) - THRESHOLD) / sd:.1f} sd; {per_run:.2f} s CPU per run")
     print("lowest gains: " + ", ".join(f"{g:+.0%}" for g in sorted(gains)[:5]))
-    # The hidden test repeats a run that falls short once, with an independent seed: a correct loss fails only when
+    # The judge repeats a run that falls short once, with an independent seed: a correct loss fails only when
     # both runs fall short. With k of n runs short, one run fails with probability about k/n, at most (k+3)/n at
     # 95% confidence when k = 0 (the rule of three); the test fails with about the square of that.
     bound = (failures + 3) / len(gains) if failures == 0 else failures / len(gains)

@@ -43,7 +43,8 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
 from minimoe.config import ModelConfig
 from minimoe.interop import hf_config_kwargs, state_dict_to_hf
-from minimoe.moe.experts import MLP, DeepSeekMoE, grouped_mm_supported
+from minimoe.moe.dispatch import grouped_mm_supported
+from minimoe.moe.experts import MLP, DeepSeekMoE
 
 TARGETS = {"HF": 0.5, "dense SwiGLU": 1.2}  # issue 12: minimoe loop at most this × the named one
 

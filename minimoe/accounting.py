@@ -133,7 +133,7 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     E, K, S = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.n_shared_experts
     last = cfg.num_hidden_layers - 1  # an MTP block has the last layer's type
     if cfg.is_moe_layer(last):
-        ffn = E * d + (E if cfg.topk_method == "noaux_tc" else 0) + (E + S) * expert
+        ffn = E * d + (E if cfg.router_has_bias else 0) + (E + S) * expert
     else:
         ffn = 3 * d * cfg.intermediate_size
     mtp_module = 2 * d + 2 * d * d + attn_matmul + 2 * d + attn_norms + ffn + d
@@ -147,7 +147,7 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         moe_routed_active=n_moe * K * expert,
         moe_shared=n_moe * S * expert,
         moe_router=n_moe * E * d,
-        router_bias=n_moe * E if cfg.topk_method == "noaux_tc" else 0,
+        router_bias=n_moe * E if cfg.router_has_bias else 0,
         norms=cfg.num_hidden_layers * (2 * d + attn_norms) + d,
         mtp=D * mtp_module,
         mtp_copies=D * 2 * V * d,

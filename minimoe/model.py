@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from minimoe.attention.cache import LayerCache
-from minimoe.attention.masking import causal_mask
+from minimoe.attention.masking import attention_inputs
 from minimoe.attention.mha import MultiHeadAttention
 from minimoe.attention.mla import MODES, MultiHeadLatentAttention
 from minimoe.attention.rope import RotaryEmbedding
@@ -79,15 +79,13 @@ class Block(nn.Module):
         else:
             self.ffn = MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
                 cache: LayerCache | None = None) -> tuple[torch.Tensor, RoutingRecord | None]:
-        """The layer's output and its routing. ``cos_sin`` and ``mask`` come from ``Transformer.forward``; without
-        them (a block called on its own) the attention uses positions ``len(cache) + arange(T)`` and a causal mask.
+        """The layer's output and its routing; ``cos_sin`` and ``mask`` come from ``Transformer.forward``.
 
         Shapes: x (B, T, d), cos_sin 2 × (B, T, d_r/2), mask (B, T, S) bool or None (= causal)
         -> (B, T, d) and the MoE layer's RoutingRecord (None for a dense FFN)."""
-        x = x + self.attn(self.attn_norm(x), cache=cache, cos_sin=cos_sin, mask=mask)
+        x = x + self.attn(self.attn_norm(x), cos_sin, mask, cache)
         if isinstance(self.ffn, DeepSeekMoE):
             h, record = self.ffn.forward_routed(self.ffn_norm(x), self.layer_idx)
             return x + h, record
@@ -146,9 +144,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.mtp = nn.ModuleList(MTPModule(cfg, k, attn_mode) for k in range(1, cfg.num_nextn_predict_layers + 1))
-        rope_dim = cfg.qk_rope_head_dim if cfg.attention_type == "mla" else cfg.baseline_head_dim
-        self.rope = RotaryEmbedding(rope_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling,
-                                    interleave=cfg.rope_interleave)  # inv_freq: a non-persistent buffer
+        self.rope = RotaryEmbedding.of(cfg)  # the one RoPE table; inv_freq: a non-persistent buffer
         self.apply(self._init_weights)
         if cfg.tie_word_embeddings:
             self.head.weight = self.embed.weight
@@ -213,10 +209,8 @@ class Transformer(nn.Module):
         if B == 0 or T == 0:
             logits = torch.zeros(B, T, self.cfg.vocab_size, dtype=self.head.weight.dtype, device=device)
             return ModelOutput(logits, [], torch.zeros((), device=device), mtp_loss=torch.zeros((), device=device))
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=device).expand(B, T)  # (B, T)
-        cos_sin = self.rope.cos_sin(position_ids)  # 2 × (B, T, d_r/2), once for all layers
-        mask = causal_mask(B, T, past, padding_mask, device)  # (B, T, S) or None = plain causal
+        # once for all layers: cos_sin 2 × (B, T, d_r/2), mask (B, T, S) or None = plain causal
+        cos_sin, mask = attention_inputs(self.rope, B, T, past, position_ids, padding_mask, device)
         x = self.embed(tokens)  # (B, T, d)
         routing: list[RoutingRecord] = []
         for i, layer in enumerate(self.layers):

@@ -45,17 +45,8 @@ def mtp_combine(h_prev: torch.Tensor, emb_next: torch.Tensor, norm_h: Fn, norm_e
 
     Shapes: h_prev (B, T, d), emb_next (B, T, d) -> (B, T, d).
     """
-    if not isinstance(h_prev, torch.Tensor) or not isinstance(emb_next, torch.Tensor):
-        raise TypeError("h_prev and emb_next must be tensors")
-    if h_prev.dim() != 3 or h_prev.shape != emb_next.shape:
-        raise ValueError(f"h_prev and emb_next must both have shape (B, T, d), got h_prev {tuple(h_prev.shape)} and "
-                         f"emb_next {tuple(emb_next.shape)}")
-    joined = torch.cat([norm_h(h_prev), norm_e(emb_next)], dim=-1)  # (B, T, 2D)
-    out = proj(joined)  # Eq. (21): M_k [·; ·]
-    if out.shape != h_prev.shape:
-        raise ValueError(f"proj must map (B, T, 2d) = {tuple(joined.shape)} to (B, T, d) = {tuple(h_prev.shape)}, "
-                         f"got {tuple(out.shape)}")
-    return out
+    assert h_prev.shape == emb_next.shape, (h_prev.shape, emb_next.shape)
+    return proj(torch.cat([norm_h(h_prev), norm_e(emb_next)], dim=-1))  # Eq. (21): M_k [·; ·], (B, T, 2d) -> (B, T, d)
 
 
 def mtp_targets(tokens: torch.Tensor, depth: int, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,15 +58,8 @@ def mtp_targets(tokens: torch.Tensor, depth: int, targets: torch.Tensor | None =
 
     Shapes: tokens (B, T), targets (B, T) or None -> (B, T − k − 1) or (B, T − k) long.
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth ({depth!r}) must be a positive integer (module k = 1 … D)")
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}")
-    if targets is None:
-        return tokens[:, depth + 1:]
-    if targets.shape != tokens.shape:
-        raise ValueError(f"targets must have the shape of tokens {tuple(tokens.shape)}, got {tuple(targets.shape)}")
-    return targets[:, depth:]
+    assert depth >= 1 and (targets is None or targets.shape == tokens.shape), (depth, tokens.shape)
+    return tokens[:, depth + 1:] if targets is None else targets[:, depth:]
 
 
 def mtp_cross_entropies(mtp_logits: list[torch.Tensor] | tuple[torch.Tensor, ...], tokens: torch.Tensor,
@@ -87,16 +71,15 @@ def mtp_cross_entropies(mtp_logits: list[torch.Tensor] | tuple[torch.Tensor, ...
 
     Shapes: mtp_logits D × (B, T − k, V), tokens (B, T), targets (B, T) or None -> (D,) float32.
     """
-    if not isinstance(mtp_logits, (list, tuple)) or len(mtp_logits) == 0:
-        raise ValueError("mtp_logits must be a non-empty list of D tensors (B, T - k, V), one per MTP module")
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
-        raise ValueError(f"tokens must be a (B, T) tensor, got {getattr(tokens, 'shape', type(tokens).__name__)}")
     B, T = tokens.shape
+    shapes = [tuple(logits.shape[:2]) for logits in mtp_logits]
+    if not shapes or shapes != [(B, T - k) for k in range(1, len(shapes) + 1)]:
+        raise ValueError(f"mtp_logits must be D >= 1 tensors (B, T - k, V) for k = 1 … D with (B, T) = {(B, T)}, "
+                         f"got {shapes}")
+    if targets is not None and targets.shape != tokens.shape:
+        raise ValueError(f"targets must have the shape of tokens {tuple(tokens.shape)}, got {tuple(targets.shape)}")
     losses = []
     for k, logits in enumerate(mtp_logits, start=1):
-        if logits.dim() != 3 or logits.shape[:2] != (B, T - k):
-            raise ValueError(f"mtp_logits[{k - 1}] (module k = {k}) must have shape (B, T - k, V) = "
-                             f"({B}, {T - k}, V), got {tuple(logits.shape)}")
         target = mtp_targets(tokens, k, targets)  # (B, T - k - 1) or (B, T - k)
         n = target.shape[1]
         logits = logits[:, :n].float()  # (B, n, V)
@@ -114,7 +97,5 @@ def mtp_loss(mtp_logits: list[torch.Tensor] | tuple[torch.Tensor, ...], tokens: 
 
     Shapes: mtp_logits D × (B, T − k, V), tokens (B, T), targets (B, T) or None -> () float32.
     """
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise ValueError(f"weight (λ = {weight!r}) must be a number >= 0")
     ce = mtp_cross_entropies(mtp_logits, tokens, targets, ignore_index)  # (D,)
     return weight * ce.mean()

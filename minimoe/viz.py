@@ -269,7 +269,7 @@ def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 
     import ipywidgets as widgets
     import torch
 
-    from minimoe.moe.gate import affinity_scores, route, select_experts
+    from minimoe.moe.gate import affinity_scores, select_experts
 
     n_tokens, n_experts = logits.shape
     groups = [g for g in range(1, n_experts + 1) if n_experts % g == 0 and (g == 1 or n_experts // g >= 2)]
@@ -293,7 +293,7 @@ def routing_explorer(logits, *, k: int = 4, n_group: int = 4, topk_group: int = 
                              title=f"{router}: top-{k}, {topk_group} of {n_group} groups"
                                    + (f", b[{biased_expert}] = {bias:+.2f}" if scoring_func == "sigmoid" else ""))
         plt.show()
-        _, plain = route(scores, k)  # plain top-k of the unbiased scores, no groups
+        plain = select_experts(scores, k).experts  # plain top-k of the unbiased scores, no groups
         changed = sum(set(a) != set(p) for a, p in zip(indices.tolist(), plain.tolist()))
         load = torch.bincount(indices.reshape(-1), minlength=n_experts).tolist()
         print(f"tokens per expert: {load}")

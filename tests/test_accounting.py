@@ -1,9 +1,8 @@
 """Accounting against the published figures (DeepSeek-V2 Table 1, §3.1.2, App. B.1; DeepSeek-V3 §4.2, Table 1) and
 against the real modules."""
 
-import time
-
 import pytest
+import torch
 
 from minimoe.accounting import (
     ATTENTION_KINDS,
@@ -17,6 +16,7 @@ from minimoe.accounting import (
     wall_clock_days,
 )
 from minimoe.config import ModelConfig
+from minimoe.model import Transformer
 
 PUBLISHED = ["deepseek-v2-lite", "deepseek-v2", "deepseek-v3"]
 TEACHING = ["tiny-dense", "tiny-v2", "tiny-v3", "small-v3"]
@@ -61,17 +61,16 @@ def test_tied_embeddings_count_once():
     assert tied.head == 0 and tied.active == tied.total - tied.embedding - tied.moe_routed + tied.moe_routed_active
 
 
-def test_count_params_allocates_nothing():
-    cfg = preset("deepseek-v3")
-    start = time.perf_counter()
-    for _ in range(100):
-        count_params(cfg)
-    assert time.perf_counter() - start < 0.1  # 671B parameters would take minutes to allocate
+def test_count_params_builds_no_module(monkeypatch):
+    """Arithmetic on the config only: 671B parameters would take minutes to allocate."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("count_params built an nn.Module")
+    monkeypatch.setattr(torch.nn.Module, "__init__", refuse)
+    assert count_params(preset("deepseek-v3")).total > 671e9
 
 
 def _real_count(cfg):
-    model_mod = pytest.importorskip("minimoe.model", reason="minimoe/model.py not written yet")
-    model = model_mod.Transformer(cfg)
+    model = Transformer(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     # The noaux_tc selection bias is a float32 buffer of the Router (docs/internals.md); count it as the
     # checkpoint does. Other buffers (RoPE tables) are not parameters.

@@ -3,7 +3,8 @@
 One batch of a1 submissions (reference, release, an empty notebook, partial, cheats, and every attack of issue 17
 on the grader) is graded once by ``grade.py``; the tests below read its results and check that each attack earns
 nothing, changes nothing outside its staging folder, leaks nothing into autograded/ or feedback/, and does not hurt
-its neighbour. a2 is checked for full marks and zero; a3 and a4 have no judge yet and are refused by name.
+its neighbour. a2 is checked for full marks and zero (a4: tests/test_judge_a4.py); a3 has no judge yet and is
+refused by name.
 Slow: a few minutes in all; skipped without bubblewrap.
 """
 
@@ -353,8 +354,11 @@ def test_a2_full_marks_and_zero(course, secret):
     assert results["solved"].score == AUTO["a2_moe_routing"] and results["release"].score == 0
 
 
-@pytest.mark.parametrize("assignment", ["a3_grpo", "a4_efficient_training"])
-def test_labs_without_a_judge_are_refused_by_name(course, secret, assignment):
+def test_a_lab_without_a_judge_is_refused_by_name(course, secret):
+    """A new lab in source/ whose judge module is not written yet is refused, not graded by nothing."""
+    assignment = "a9_new_lab"
+    (course / "source" / assignment).mkdir()
+    shutil.copy(course / "source" / "a1_mla" / "a1_mla.ipynb", course / "source" / assignment / f"{assignment}.ipynb")
     nbgrader(course, "generate_assignment", assignment, "--force")
     with pytest.raises(SystemExit, match="has no judge yet"):
         run(course, assignment, secret)

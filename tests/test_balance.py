@@ -152,8 +152,6 @@ def test_routers_without_noaux_tc_have_no_bias():
 
 @pytest.mark.parametrize("call, message", [
     (lambda: expert_balance_loss(SCORES, TOPK, 4, alpha=-1.0), r"alpha \(-1.0\) must be non-negative"),
-    (lambda: expert_balance_loss(SCORES, TOPK + 3, 4, 0.1), r"topk_idx values must lie in \[0, n_experts\)"),
-    (lambda: expert_balance_loss(SCORES, TOPK - 1, 4, 0.1), "topk_idx values"),
     (lambda: expert_balance_loss(SCORES, TOPK.float(), 4, 0.1), "integer expert indices"),
     (lambda: expert_balance_loss(SCORES, TOPK, 5, 0.1), r"scores last dim \(4\) must equal n_experts \(5\)"),
     (lambda: expert_balance_loss(SCORES, TOPK[:1], 4, 0.1), "same tokens"),

@@ -1,19 +1,21 @@
+import ast
 import dataclasses
+import inspect
 import math
 
 import numpy as np
 import pytest
+import torch
 
+from minimoe import Transformer
 from minimoe.config import (
     PAPER_VALUES,
     PRESETS,
-    AttentionConfig,
-    BalanceConfig,
+    ROUTING_SCHEMES,
     ConfigTypeError,
     ModelConfig,
-    MoEConfig,
-    MTPConfig,
-    RopeConfig,
+    RoutingScheme,
+    model_config,
 )
 
 
@@ -146,32 +148,43 @@ def test_values_are_normalised_and_the_baseline_needs_no_rope_split():
     assert ModelConfig(attention_type="mha", qk_rope_head_dim=0).baseline_head_dim == 16
 
 
-# ---------------------------------------------------------------- parts: flat names kept, one per concern
+# ---------------------------------------------------------------- declared once; routing schemes in one registry
 
-def test_parts_read_the_flat_fields_and_are_frozen():
-    cfg = ModelConfig.from_preset("deepseek-v3")
-    assert cfg.attention == AttentionConfig.of(cfg) and cfg.attention.kv_lora_rank == cfg.kv_lora_rank == 512
-    assert (cfg.moe.n_routed_experts, cfg.moe.topk_method) == (256, "noaux_tc")
-    assert cfg.rope.rope_scaling["factor"] == 40.0
-    balance = cfg.balance
-    assert (balance.aux_loss_alpha, balance.seq_aux, balance.bias_update_speed) == (0.001, True, 0.001)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.moe.n_group = 4  # change the flat field (cfg.replace(n_group=...)); the part is a view
-    # every flat field belongs to exactly one part or to the sizes/misc kept on ModelConfig itself
-    part_fields = [f.name for part in (AttentionConfig, RopeConfig, MoEConfig, BalanceConfig, MTPConfig)
-                   for f in dataclasses.fields(part)]
-    assert (cfg.mtp.num_nextn_predict_layers, cfg.mtp.mtp_loss_weight) == (1, 0.3)  # the released config has 1
-    own = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings",
-           "rms_norm_eps", "initializer_range", "tie_word_embeddings", "name"}
-    assert len(part_fields) == len(set(part_fields)) and set(part_fields).isdisjoint(own)
-    assert set(part_fields) | own == {f.name for f in dataclasses.fields(ModelConfig)}
+def test_every_field_is_declared_once_with_its_meaning():
+    """Each field of ModelConfig is followed by its docstring (its meaning lives where it is declared)."""
+    tree = ast.parse(inspect.getsource(model_config))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModelConfig").body
+    fields = [(i, n.target.id) for i, n in enumerate(body) if isinstance(n, ast.AnnAssign)]
+    assert [name for _, name in fields] == [f.name for f in dataclasses.fields(ModelConfig)]
+    undocumented = [name for i, name in fields if not (isinstance(body[i + 1], ast.Expr)
+                                                       and isinstance(body[i + 1].value, ast.Constant))]
+    assert undocumented == []
+
+
+def test_routing_schemes_drive_the_derived_properties():
+    v3, v2 = ModelConfig.from_preset("deepseek-v3"), ModelConfig.from_preset("deepseek-v2")
+    assert v3.routing_scheme is ROUTING_SCHEMES["noaux_tc"] and v3.router_has_bias
+    assert not v2.router_has_bias and not ModelConfig().router_has_bias  # dense: no router at all
+    with pytest.raises(ValueError, match=r"topk_method \('topk'\) must be one of \('greedy'"):
+        ModelConfig(n_routed_experts=4, topk_method="topk")
+
+
+def test_a_new_routing_scheme_is_one_registry_entry(monkeypatch):
+    """A scheme that selects with a bias and ranks groups by their best expert: one entry, nothing else."""
+    monkeypatch.setitem(ROUTING_SCHEMES, "biased_max", RoutingScheme("max", True, "a test scheme"))
+    cfg = ModelConfig.from_preset("tiny-v3", topk_method="biased_max", aux_loss_alpha=0.01)
+    assert cfg.router_has_bias
+    model = Transformer(cfg)
+    assert model.layers[1].ffn.router.bias is not None
+    out = model(torch.randint(cfg.vocab_size, (2, 6)))
+    assert out.balance_loss > 0 and out.routing[0].group_mask is not None
 
 
 def test_flat_hugging_face_names_still_build_and_replace():
     cfg = ModelConfig(hidden_size=32, n_routed_experts=4, num_experts_per_tok=2, kv_lora_rank=16)
     assert (cfg.hidden_size, cfg.n_routed_experts, cfg.kv_lora_rank) == (32, 4, 16)
     moved = cfg.replace(n_routed_experts=8, aux_loss_alpha=0.01)
-    assert (moved.n_routed_experts, moved.balance.aux_loss_alpha, cfg.n_routed_experts) == (8, 0.01, 4)
+    assert (moved.n_routed_experts, moved.aux_loss_alpha, cfg.n_routed_experts) == (8, 0.01, 4)
     with pytest.raises(ValueError, match="num_experts_per_tok"):
         cfg.replace(num_experts_per_tok=1.5)
     v2 = ModelConfig.from_dict(ModelConfig.from_preset("tiny-v2").to_dict())

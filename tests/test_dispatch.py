@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.moe.experts import (
-    DeepSeekMoE,
-    capacity_mask,
-    dispatch_sorted,
-    grouped_mm_supported,
-    naive_moe_forward,
-    sort_by_expert,
-)
+from minimoe.moe.dispatch import capacity_mask, dispatch_sorted, grouped_mm_supported, sort_by_expert
+from minimoe.moe.experts import DeepSeekMoE, naive_moe_forward
 
 
 def _moe(dtype=torch.float64, **kw) -> DeepSeekMoE:

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.moe.experts import MLP, DeepSeekMoE, dispatch_sorted, naive_moe_forward
-from minimoe.moe.gate import Router, affinity_scores, group_mask, route
+from minimoe.moe.dispatch import dispatch_sorted
+from minimoe.moe.experts import MLP, DeepSeekMoE, naive_moe_forward
+from minimoe.moe.gate import Router, affinity_scores, group_mask, select_experts
 
 
 def _cfg(**kw):
@@ -14,7 +15,8 @@ def _cfg(**kw):
 
 def test_greedy_softmax_keeps_top_k_scores_unnormalised():
     scores = affinity_scores(torch.randn(5, 8), "softmax")
-    weights, indices = route(scores, 3, routed_scaling_factor=2.0)
+    sel = select_experts(scores, 3, routed_scaling_factor=2.0)
+    weights, indices = sel.gate_weights, sel.experts
     top = scores.topk(3, dim=-1)
     torch.testing.assert_close(indices, top.indices)
     torch.testing.assert_close(weights, 2.0 * top.values)
@@ -23,7 +25,7 @@ def test_greedy_softmax_keeps_top_k_scores_unnormalised():
 
 def test_norm_topk_prob_sums_to_scaling_factor():
     scores = affinity_scores(torch.randn(6, 8), "sigmoid")
-    weights, _ = route(scores, 2, norm_topk_prob=True, routed_scaling_factor=2.5)
+    weights = select_experts(scores, 2, norm_topk_prob=True, routed_scaling_factor=2.5).gate_weights
     torch.testing.assert_close(weights.sum(-1), torch.full((6,), 2.5))
 
 
@@ -36,7 +38,7 @@ def test_group_constraint_respected(method):
     torch.manual_seed(0)
     scores = affinity_scores(torch.randn(200, 16), "sigmoid")
     bias = torch.randn(16) if method == "noaux_tc" else None  # makes some biased scores negative
-    _, indices = route(scores, 4, topk_method=method, n_group=4, topk_group=2, bias=bias)
+    indices = select_experts(scores, 4, topk_method=method, n_group=4, topk_group=2, bias=bias).experts
     assert all(len(g) <= 2 for g in _groups_used(indices, 4))
 
 
@@ -50,7 +52,7 @@ def test_group_scores_max_for_v2_top2_sum_for_v3():
 def test_group_limited_matches_brute_force():
     torch.manual_seed(1)
     scores = affinity_scores(torch.randn(50, 12), "softmax")
-    _, indices = route(scores, 3, topk_method="group_limited_greedy", n_group=3, topk_group=2)
+    indices = select_experts(scores, 3, topk_method="group_limited_greedy", n_group=3, topk_group=2).experts
     for s, idx in zip(scores, indices):
         best_groups = s.view(3, 4).max(-1).values.topk(2).indices
         allowed = torch.cat([torch.arange(4 * g, 4 * g + 4) for g in best_groups.tolist()])
@@ -61,22 +63,23 @@ def test_group_limited_matches_brute_force():
 def test_bias_changes_selection_but_not_gate_values():
     torch.manual_seed(2)
     scores = affinity_scores(torch.randn(4, 8), "sigmoid")
-    _, plain_i = route(scores, 2, topk_method="noaux_tc")
+    plain_i = select_experts(scores, 2, topk_method="noaux_tc").experts
     bias = torch.zeros(8)
     weakest = scores.mean(0).argmin()
     bias[weakest] = 10.0
-    w, i = route(scores, 2, topk_method="noaux_tc", bias=bias)
+    sel = select_experts(scores, 2, topk_method="noaux_tc", bias=bias)
+    w, i = sel.gate_weights, sel.experts
     assert (i == weakest).any(-1).all() and not torch.equal(i, plain_i)
     torch.testing.assert_close(w, scores.gather(1, i))  # unbiased scores
-    wn, _ = route(scores, 2, topk_method="noaux_tc", bias=bias, norm_topk_prob=True)
+    wn = select_experts(scores, 2, topk_method="noaux_tc", bias=bias, norm_topk_prob=True).gate_weights
     torch.testing.assert_close(wn, w / w.sum(-1, keepdim=True))
 
 
 def test_route_rejects_bad_arguments():
     with pytest.raises(ValueError, match="k"):
-        route(torch.rand(2, 4), 5)
+        select_experts(torch.rand(2, 4), 5)
     with pytest.raises(ValueError, match="topk_method"):
-        route(torch.rand(2, 4), 2, topk_method="topk")
+        select_experts(torch.rand(2, 4), 2, topk_method="topk")
     with pytest.raises(ValueError, match="scoring_func"):
         affinity_scores(torch.rand(2, 4), "relu")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.patches import Rectangle
 
-from minimoe.moe.gate import affinity_scores, group_mask, route
+from minimoe.moe.gate import affinity_scores, group_mask, select_experts
 from minimoe.viz import plot_routing_heatmap, routing_explorer
 
 pytest.importorskip("ipywidgets")
@@ -26,7 +26,7 @@ def boxed_cells(ax):
 
 def test_heatmap_boxes_exactly_the_selected_experts(logits):
     scores = affinity_scores(logits, "sigmoid")
-    _, indices = route(scores, 3, topk_method="noaux_tc", n_group=4, topk_group=2)
+    indices = select_experts(scores, 3, topk_method="noaux_tc", n_group=4, topk_group=2).experts
     ax = plot_routing_heatmap(scores, indices, n_group=4, allowed=group_mask(scores, 4, 2, "top2"))
     assert boxed_cells(ax) == sorted((t, e) for t, row in enumerate(indices.tolist()) for e in row)
     assert len(ax.images) == 2  # the scores and the grey overlay of the groups not kept
@@ -42,8 +42,8 @@ def test_explorer_routes_like_route_and_moves_load_with_the_bias(logits, capsys)
     out = capsys.readouterr().out
     b = torch.zeros(16)
     b[5] = 1.0
-    _, indices = route(affinity_scores(logits, "sigmoid"), 4, topk_method="noaux_tc", n_group=4, topk_group=2,
-                       bias=b, norm_topk_prob=True)
+    indices = select_experts(affinity_scores(logits, "sigmoid"), 4, topk_method="noaux_tc", n_group=4, topk_group=2,
+                             bias=b, norm_topk_prob=True).experts
     load = torch.bincount(indices.reshape(-1), minlength=16).tolist()
     assert f"tokens per expert: {load}" in out
     assert load[5] == 12  # a bias of 1.0 on sigmoid scores in (0, 1) wins every token

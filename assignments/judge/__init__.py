@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-PORTED = ("a1_mla", "a2_moe_routing")
+PORTED = ("a1_mla", "a2_moe_routing", "a3_grpo", "a4_efficient_training")
 
 
 def lab(assignment: str):

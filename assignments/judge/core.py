@@ -102,8 +102,9 @@ def tensors(fn: str, value, n: int) -> tuple[torch.Tensor, ...]:
 
 
 def unchanged(fn: str, reply: dict, args: tuple) -> None:
-    """The tensor arguments came back as they were sent (the function must not modify its inputs)."""
-    sent = [a for a in args if isinstance(a, torch.Tensor)]
+    """The tensor arguments (also those in lists) came back as they were sent (the function must not modify its
+    inputs)."""
+    sent = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a]) if isinstance(t, torch.Tensor)]
     after = reply.get("args_after")
     if not isinstance(after, tuple) or len(after) != len(sent) or any(
             type(a) is not torch.Tensor or a.shape != s.shape or not torch.equal(a.to(s.dtype), s)

@@ -59,10 +59,11 @@ class Config:
 
 @dataclass
 class Module:
-    """A module the server builds from its class, config and weights (``disabled`` layers raise when called)."""
+    """A module the server builds from its class, config and weights (``disabled`` layers raise when called);
+    ``config=None`` for a ``torch.nn`` layer built from ``kwargs`` alone."""
 
     cls: str
-    config: Config
+    config: Config | None
     state: dict
     dtype: str = "float64"
     kwargs: dict = field(default_factory=dict)
@@ -70,7 +71,8 @@ class Module:
     disabled_message: str = ""
 
     def wire_spec(self, enc):
-        return {"$module": {"class": self.cls, "config": self.config.wire_spec(enc)["$config"], "dtype": self.dtype,
+        config = None if self.config is None else self.config.wire_spec(enc)["$config"]
+        return {"$module": {"class": self.cls, "config": config, "dtype": self.dtype,
                             "state": enc(dict(self.state)), "kwargs": self.kwargs, "disabled": self.disabled,
                             "disabled_message": self.disabled_message}}
 

@@ -5,7 +5,8 @@ cells, their own cells and the release's setup cells; never a test cell) in a pl
 each under a timer of ``cell_timeout`` seconds, continuing after errors as a notebook would. It then answers call
 requests on the data channel (``wire.py``): ``{"call": name, "args": [...], "grad": [i, ...]}`` calls the
 function ``name`` of the notebook's namespace and replies ``{"value": result}`` (with ``"grads"`` of the result
-with respect to the arguments listed in ``grad``, and ``"args_after"``: the tensor arguments after the call) or
+with respect to the arguments listed in ``grad``, each a tensor or a list of tensors, and ``"args_after"``: the
+tensor arguments, those in lists included, after the call) or
 ``{"error": "raised"}``. Nothing here is trusted: the judge checks every value it receives, and this process's
 stdout and stderr go only to the lecturer's log.
 
@@ -24,7 +25,8 @@ import torch
 
 import wire
 
-MODULES = {"MultiHeadLatentAttention": ("minimoe.attention.mla", "MultiHeadLatentAttention")}
+MODULES = {"MultiHeadLatentAttention": ("minimoe.attention.mla", "MultiHeadLatentAttention"),
+           "RMSNorm": ("torch.nn", "RMSNorm"), "Linear": ("torch.nn", "Linear")}  # the last two: no config
 
 
 class CellTimeout(Exception):
@@ -47,7 +49,8 @@ def build(kind, payload, dec):
     import importlib
     module_name, class_name = MODULES[payload["class"]]
     cls = getattr(importlib.import_module(module_name), class_name)
-    module = cls(_config(payload["config"]), **payload.get("kwargs", {})).to(getattr(torch, payload["dtype"]))
+    config = () if payload["config"] is None else (_config(payload["config"]),)
+    module = cls(*config, **payload.get("kwargs", {})).to(getattr(torch, payload["dtype"]))
     module.load_state_dict(dec(payload["state"]))
     for name in payload.get("disabled", []):
         layer = module.get_submodule(name)
@@ -77,22 +80,28 @@ def run_cells(shell, cells: list[str], timeout: float) -> list[bool]:
     return ok
 
 
+def tensor_args(args) -> list:
+    """The tensors among `args`, and inside the lists and tuples among them, in order."""
+    return [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a]) if isinstance(t, torch.Tensor)]
+
+
 def answer(shell, request: dict) -> dict:
     """Call the requested function of the notebook and return its value (and gradients, arguments after)."""
     fn = shell.user_ns.get(request["call"])
     if not callable(fn):
         return {"error": "missing"}
     args = list(request.get("args", []))
-    for i in request.get("grad", []):
-        args[i] = args[i].clone().requires_grad_()
+    for i in request.get("grad", []):  # a tensor, or a list of tensors (each gets its gradient)
+        args[i] = (args[i].clone().requires_grad_() if isinstance(args[i], torch.Tensor)
+                   else [a.clone().requires_grad_() for a in args[i]])
     try:
         value = fn(*args)
         reply = {"value": value}
         if request.get("grad"):
-            grads = torch.autograd.grad(value, [args[i] for i in request["grad"]], allow_unused=True)
+            grads = torch.autograd.grad(value, tensor_args([args[i] for i in request["grad"]]), allow_unused=True)
             reply["grads"] = tuple(grads)
         if request.get("args_after"):
-            reply["args_after"] = tuple(a for a in args if isinstance(a, torch.Tensor))
+            reply["args_after"] = tuple(tensor_args(args))
         wire.encode(reply)  # an unsendable value fails here, not half-way through sending
         return reply
     except BaseException:  # noqa: BLE001 (the judge only needs to know that it failed)

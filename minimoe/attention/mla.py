@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from minimoe.attention.cache import LayerCache
-from minimoe.attention.masking import attend, causal_allowed, check_attention_inputs, masked_softmax
-from minimoe.attention.rope import RotaryEmbedding, apply_rope, softmax_scale
+from minimoe.attention.masking import attend, causal_allowed
+from minimoe.attention.rope import apply_rope, softmax_scale
 from minimoe.norm import RMSNorm
 
 MODES = ("naive", "absorbed")
@@ -30,17 +30,13 @@ LATENT_NORM_EPS = 1e-6
 def mla_absorbed_scores(q_latent: torch.Tensor, q_rope: torch.Tensor, c_kv: torch.Tensor,
                         k_rope: torch.Tensor) -> torch.Tensor:
     """``q^Cᵀ k^C + q^Rᵀ k^R = (W^UKᵀ q^C)ᵀ c^KV + q^Rᵀ k^R`` (DeepSeek-V2 §2.1.3, App. C): the latent query
-    ``q_latent = W^UKᵀ q^C`` meets the cached latent directly.
+    ``q_latent = W^UKᵀ q^C`` meets the cached latent directly. The scores on their own, for plots and labs;
+    ``MultiHeadLatentAttention`` computes the same inside one fused ``attend`` over ``[c^KV; k^R]``.
 
     Shapes:
         q_latent: (B, T, H, d_c); q_rope: (B, T, H, r); c_kv: (B, S, d_c); k_rope: (B, S, r); returns (B, H, T, S).
     """
-    B, T, H, _ = q_latent.shape
-    # every head meets the same latent keys: fold heads into the query rows, one (H·T × d) @ (d × S) per row
-    q_c = q_latent.transpose(1, 2).reshape(B, H * T, -1)  # (B, H·T, d_c)
-    q_r = q_rope.transpose(1, 2).reshape(B, H * T, -1)  # (B, H·T, r)
-    scores = torch.baddbmm(q_r @ k_rope.transpose(1, 2), q_c, c_kv.transpose(1, 2))  # (B, H·T, S)
-    return scores.view(B, H, T, -1)
+    return torch.einsum("bthc,bsc->bhts", q_latent, c_kv) + torch.einsum("bthr,bsr->bhts", q_rope, k_rope)
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -69,8 +65,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_norm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS)
         self.wkv_b = nn.Linear(cfg.kv_lora_rank, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
         self.wo = nn.Linear(H * cfg.v_head_dim, d, bias=cfg.attention_bias)
-        self.rope = RotaryEmbedding(cfg.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta,
-                                    cfg.rope_scaling, interleave=cfg.rope_interleave)
+        self.rope_interleave = cfg.rope_interleave
         self.scale = softmax_scale(cfg)
 
     @property
@@ -83,28 +78,20 @@ class MultiHeadLatentAttention(nn.Module):
             raise ValueError(f"mode ({value!r}) must be one of {MODES}")
         self._mode = value
 
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, cache: LayerCache | None = None,
-                padding_mask: torch.Tensor | None = None, *,
-                cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         """Causal MLA of the T new positions over the cached and new ones.
 
-        Called on its own, the inputs are checked and positions, RoPE angles and mask derived here. Inside
-        ``Transformer.forward`` they come prepared, once for all layers: ``cos_sin`` from the model's RoPE table and
-        ``mask`` from ``causal_mask`` (None = plain causal); then ``position_ids``/``padding_mask`` are ignored.
+        ``cos_sin`` is the RoPE table of the new positions and ``mask`` the keys each may see (None = plain causal),
+        both prepared once by the caller (``Transformer.forward``, or ``minimoe.attention.attention_inputs``).
 
         Shapes:
-            x: (B, T, d); position_ids: (B, T); padding_mask: (B, S); cos_sin: 2 × (B, T, r/2);
-            mask: (B, T, S) bool or None; returns (B, T, d).
+            x: (B, T, d); cos_sin: 2 × (B, T, r/2); mask: (B, T, S) bool or None; returns (B, T, d).
         """
-        if cos_sin is None:
-            position_ids, mask = check_attention_inputs(x, self.hidden_size, position_ids, cache, padding_mask,
-                                                        self.rope.max_position_embeddings)
-            cos_sin = self.rope.cos_sin(position_ids)  # (B, T, r/2)
         cos, sin = cos_sin
         B, T, _ = x.shape
         H, n, r = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
-        interleave = self.rope.interleave
+        interleave = self.rope_interleave
         # Eq. (12)–(13): c^Q = W^DQ h, [q^C; q^R] = [W^UQ; W^QR] c^Q (or W^Q h without compression), q_norm on c^Q
         q = self.wq(x) if self.q_lora_rank is None else self.wq_b(self.q_norm(self.wq_a(x)))  # (B, T, H·(n+r))
         q_nope, q_rope = q.view(B, T, H, n + r).split((n, r), dim=-1)  # (B, T, H, n), (B, T, H, r)
@@ -133,25 +120,29 @@ class MultiHeadLatentAttention(nn.Module):
             k, v = full["k"], full["v"]  # (B, S, H, n+r), (B, S, H, v)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, T, H, n+r), Eq. (16): q_{t,i} = [q^C_{t,i}; q^R_{t,i}]
         # Eq. (18): o_{t,i} = Σ_s softmax_s(q_{t,i}ᵀ k_{s,i} · scale) v^C_{s,i}, scale = (n+r)^-½ (· mscale² for YaRN)
+        mask = None if mask is None else mask[:, None]  # (B, 1, T, S): the same for every head
         o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # (B, H, T, v)
         return o.transpose(1, 2)  # (B, T, H, v)
 
     def _absorbed(self, q_nope, q_rope, c_kv, k_rope, cache, mask) -> torch.Tensor:
         """Attend in the latent space; only (c_kv, k_rope) is cached. Shapes: returns (B, T, H, v)."""
+        B, T, H, _ = q_nope.shape
         n = self.qk_nope_head_dim
-        w_ukv = self.wkv_b.weight.view(self.n_heads, n + self.v_head_dim, self.kv_lora_rank)  # (H, n+v, d_c)
+        w_ukv = self.wkv_b.weight.view(H, n + self.v_head_dim, self.kv_lora_rank)  # (H, n+v, d_c)
         w_uk, w_uv = w_ukv[:, :n], w_ukv[:, n:]  # (H, n, d_c), (H, v, d_c)
-        # App. C: fold W^UK into the query, q_latent_{t,i} = W^UKᵀ_i q^C_{t,i}
+        # App. C: fold W^UK into the query, q_latent_{t,i} = W^UKᵀ_i q^C_{t,i}, so that q^Cᵀ k^C = q_latentᵀ c^KV
         q_latent = (q_nope.transpose(1, 2) @ w_uk).transpose(1, 2)  # (B, T, H, d_c)
         if cache is not None:
             full = cache.append(c_kv=c_kv, k_rope=k_rope)
             c_kv, k_rope = full["c_kv"], full["k_rope"]  # (B, S, d_c), (B, S, r)
-        scores = mla_absorbed_scores(q_latent, q_rope, c_kv, k_rope) * self.scale  # (B, H, T, S)
-        T, S = scores.shape[-2:]
+        S = c_kv.shape[1]
+        # every head meets the same latent keys [c^KV; k^R]: the H·T queries are the rows of one key/value head
+        q = torch.cat((q_latent, q_rope), dim=-1).transpose(1, 2).reshape(B, 1, H * T, -1)  # (B, 1, H·T, d_c+r)
+        k = torch.cat((c_kv, k_rope), dim=-1)[:, None]  # (B, 1, S, d_c+r)
         if mask is None and T > 1:
-            mask = causal_allowed(scores.shape[0], T, S - T, scores.device)  # (B, T, S)
-        probs = scores.softmax(dim=-1) if mask is None else masked_softmax(scores, mask[:, None])  # (B, H, T, S)
-        # Σ_s p_s v^C_{s,i} = W^UV_i Σ_s p_s c^KV_s: weight the latents, then expand once per query
-        B, H = probs.shape[:2]
-        o_latent = (probs.reshape(B, H * T, S) @ c_kv).view(B, H, T, -1)  # (B, H, T, d_c)
+            mask = causal_allowed(B, T, S - T, c_kv.device)  # (B, T, S): the H·T rows are not aligned to the keys
+        if mask is not None:
+            mask = mask[:, None].expand(B, H, T, S).reshape(B, 1, H * T, S)  # (B, 1, H·T, S)
+        # Eq. (18) in the latent: Σ_s p_s v^C_{s,i} = W^UV_i Σ_s p_s c^KV_s: weight the latents, expand once per query
+        o_latent = attend(q, k, c_kv[:, None], mask, self.scale, causal=False).view(B, H, T, -1)  # (B, H, T, d_c)
         return (o_latent @ w_uv.transpose(1, 2)).transpose(1, 2)  # (B, T, H, v)

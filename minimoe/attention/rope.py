@@ -162,8 +162,8 @@ class RotaryEmbedding(nn.Module):
         self.interleave = interleave
 
     def cos_sin(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of ``position · θ_i``, times ``attention_factor``. No range check here (it would be a host
-        sync per layer): ``Transformer.forward`` and ``check_attention_inputs`` check positions once.
+        """cos and sin of ``position · θ_i``, times ``attention_factor``. No range check here: ``Transformer.forward``
+        checks positions once.
 
         Shapes:
             position_ids: (B, T) integer; returns cos, sin: (B, T, d_r/2) float32.
@@ -179,6 +179,14 @@ class RotaryEmbedding(nn.Module):
         """
         cos, sin = self.cos_sin(position_ids)
         return apply_rope(x, cos, sin, self.interleave)
+
+    @classmethod
+    def of(cls, cfg) -> RotaryEmbedding:
+        """The RoPE of a model config's attention: the d_r = ``qk_rope_head_dim`` decoupled dims for MLA
+        (DeepSeek-V2 §2.1.3), the whole ``baseline_head_dim`` head for MHA/GQA/MQA; the model builds one and every
+        layer reads its table."""
+        dim = cfg.qk_rope_head_dim if cfg.attention_type == "mla" else cfg.baseline_head_dim
+        return cls(dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, interleave=cfg.rope_interleave)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, interleave={self.interleave}, attention_factor={self.attention_factor:.4f}"

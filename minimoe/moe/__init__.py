@@ -1,6 +1,6 @@
-"""DeepSeekMoE: the router (``gate``), the experts and their dispatch (``experts``), the balance losses and the
-auxiliary-loss-free bias update (``balance``); expert parallelism lives in ``minimoe.moe.parallel`` (it imports
-``torch.distributed``)."""
+"""DeepSeekMoE: the router (``gate``), the experts and the reference forward (``experts``), the fast token dispatch
+(``dispatch``), the balance losses and the auxiliary-loss-free bias update (``balance``); expert parallelism lives
+in ``minimoe.moe.parallel`` (it imports ``torch.distributed``)."""
 
 from minimoe.moe.balance import (
     communication_balance_loss,
@@ -12,20 +12,12 @@ from minimoe.moe.balance import (
     sequence_balance_loss,
     update_selection_bias,
 )
-from minimoe.moe.experts import (
-    MLP,
-    DeepSeekMoE,
-    Expert,
-    LocalDispatcher,
-    capacity_mask,
-    dispatch_sorted,
-    naive_moe_forward,
-    run_experts,
-    sort_by_expert,
-)
-from minimoe.moe.gate import Router, RoutingRecord, Selection, affinity_scores, group_mask, route, select_experts
+from minimoe.moe.dispatch import LocalDispatcher, capacity_mask, dispatch_sorted, run_experts, sort_by_expert
+from minimoe.moe.experts import MLP, DeepSeekMoE, Expert, naive_moe_forward
+from minimoe.moe.gate import GROUP_SCORES, Router, RoutingRecord, Selection, affinity_scores, group_mask, select_experts
 
 __all__ = [
+    "GROUP_SCORES",
     "MLP",
     "DeepSeekMoE",
     "Expert",
@@ -43,7 +35,6 @@ __all__ = [
     "group_mask",
     "max_violation",
     "naive_moe_forward",
-    "route",
     "routing_balance_loss",
     "run_experts",
     "select_experts",

@@ -22,6 +22,8 @@ import torch
 
 
 def _check_routing(scores: torch.Tensor | None, topk_idx: torch.Tensor, n_experts: int, alpha: float) -> None:
+    """The boundary checks of every public function here: types and shapes only, never the values (that would be a
+    host sync on every forward; an index out of range fails in ``bincount``/``scatter`` instead)."""
     if not (isinstance(n_experts, int) and n_experts > 0):
         raise ValueError(f"n_experts ({n_experts!r}) must be a positive integer")
     if alpha < 0:
@@ -32,9 +34,6 @@ def _check_routing(scores: torch.Tensor | None, topk_idx: torch.Tensor, n_expert
         raise ValueError(f"topk_idx must hold integer expert indices, got dtype {topk_idx.dtype}")
     if topk_idx.shape[-1] > n_experts:
         raise ValueError(f"topk_idx selects {topk_idx.shape[-1]} experts per token, more than n_experts ({n_experts})")
-    if topk_idx.numel() and (topk_idx.min() < 0 or topk_idx.max() >= n_experts):
-        raise ValueError(f"topk_idx values must lie in [0, n_experts) = [0, {n_experts}), "
-                         f"got min {int(topk_idx.min())} and max {int(topk_idx.max())}")
     if scores is None:
         return
     if scores.shape[-1] != n_experts:
@@ -73,11 +72,6 @@ def expert_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts:
     Shapes: scores (N, E) (or (..., E), flattened), topk_idx (N, K) long -> scalar.
     """
     _check_routing(scores, topk_idx, n_experts, alpha)
-    return _expert_balance(scores, topk_idx, n_experts, alpha)
-
-
-def _expert_balance(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float) -> torch.Tensor:
-    """``expert_balance_loss`` without the checks (no host sync): for indices a router produced."""
     scores = scores.reshape(-1, n_experts)  # (N, E)
     n_tokens, k = scores.shape[0], topk_idx.shape[-1]
     f = n_experts / (k * n_tokens) * _selection_counts(topk_idx, n_experts)  # Eq. (24), (E,)
@@ -159,12 +153,6 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, n_expert
     n_tokens = scores[..., 0].numel()
     if n_tokens % seq_len != 0:
         raise ValueError(f"the number of tokens ({n_tokens}) must be divisible by seq_len ({seq_len})")
-    return _sequence_balance(scores, topk_idx, n_experts, alpha, seq_len)
-
-
-def _sequence_balance(scores: torch.Tensor, topk_idx: torch.Tensor, n_experts: int, alpha: float,
-                      seq_len: int) -> torch.Tensor:
-    """``sequence_balance_loss`` without the checks (no host sync): for indices a router produced."""
     k = topk_idx.shape[-1]
     s = scores.reshape(-1, seq_len, n_experts)  # (B, T, E)
     idx = topk_idx.reshape(-1, seq_len * k)  # (B, T·K)
@@ -230,9 +218,9 @@ def routing_balance_loss(routing: list, cfg) -> torch.Tensor:
 
     ``cfg.aux_loss_alpha`` α (0 = none); ``cfg.seq_aux``: per sequence (``sequence_balance_loss``, DeepSeek-V3
     Eq. (17)–(20); V2 Eq. (23)–(25) for softmax scores) or over the whole batch with the scores normalised per
-    token (``expert_balance_loss``, the batch-wise variant of V3 §4.5.3). For ``noaux_tc`` routers f_i counts the
-    top-K of the unbiased affinities over all experts (V3 Eq. (18)), not the biased, group-limited selection;
-    otherwise the selected experts (V2 Eq. (24)).
+    token (``expert_balance_loss``, the batch-wise variant of V3 §4.5.3). When the routing scheme selects with a
+    bias (``noaux_tc``) f_i counts the top-K of the unbiased affinities over all experts (V3 Eq. (18)), not the
+    biased, group-limited selection; otherwise the selected experts (V2 Eq. (24)).
 
     Shapes: routing: RoutingRecords with scores (B, T, E), experts (B, T, K) -> scalar (with graph).
     """
@@ -243,11 +231,11 @@ def routing_balance_loss(routing: list, cfg) -> torch.Tensor:
     total = []
     for record in routing:
         scores, indices = record.scores, record.experts
-        if cfg.topk_method == "noaux_tc":
+        if cfg.routing_scheme.selection_bias:
             indices = scores.topk(indices.shape[-1], dim=-1).indices  # (B, T, K): Eq. (18), Topk({s_j,t}, K_r)
         if cfg.seq_aux:
-            total.append(_sequence_balance(scores, indices, n_experts, alpha, scores.shape[-2]))
+            total.append(sequence_balance_loss(scores, indices, n_experts, alpha))
         else:
             s_norm = scores / scores.sum(dim=-1, keepdim=True)  # (B, T, E)
-            total.append(_expert_balance(s_norm, indices, n_experts, alpha))
+            total.append(expert_balance_loss(s_norm, indices, n_experts, alpha))
     return torch.stack(total).sum()

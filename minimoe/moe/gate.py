@@ -5,8 +5,9 @@ first keeps the ``topk_group`` groups whose best expert scores highest. DeepSeek
 with a sigmoid, *selects* with ``scores + bias`` (auxiliary-loss-free balancing), ranks groups by the sum of their
 two best biased scores, and takes the gate values from the unbiased scores, normalised over the selected experts.
 
-The maths is in pure functions (``affinity_scores``, ``group_mask``, ``select_experts``, ``route``) so notebooks and assignments can call
-them; ``Router`` only holds the weights. Semantics follow Hugging Face transformers 5.x
+The maths is in pure functions (``affinity_scores``, ``group_mask``, ``select_experts``) so notebooks and assignments
+can call them; ``Router`` only holds the weights. Which scheme selects how is the registry
+``minimoe.config.ROUTING_SCHEMES`` (``topk_method``). Semantics follow Hugging Face transformers 5.x
 (``DeepseekV2TopkRouter``, ``DeepseekV3TopkRouter``) and DeepSeek-V3 ``inference/model.py`` ``Gate``:
 
 - Experts outside the kept groups are masked with ``-inf`` before the final top-k, as in DeepSeek-V3's code and
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimoe.config import ModelConfig
+from minimoe.config import ROUTING_SCHEMES, ModelConfig
 
 NORM_EPS = 1e-20  # DeepseekV3TopkRouter: topk_weights / (topk_weights.sum() + 1e-20)
 
@@ -45,25 +46,27 @@ def affinity_scores(logits: torch.Tensor, scoring_func: str) -> torch.Tensor:
     raise ValueError(f"scoring_func ({scoring_func!r}) must be 'softmax' or 'sigmoid'")
 
 
+GROUP_SCORES = {  # how a group of experts is ranked, (N, n_group, experts_per_group) -> (N, n_group)
+    "max": lambda grouped: grouped.max(dim=-1).values,  # its best expert (DeepSeek-V2 §2.2.2)
+    "top2": lambda grouped: grouped.topk(2, dim=-1).values.sum(dim=-1),  # its two best (V3, K_r / M = 8 / 4 = 2)
+}
+
+
 def group_mask(choice: torch.Tensor, n_group: int, topk_group: int, group_score: str) -> torch.Tensor:
     """Which experts lie in one of the ``topk_group`` best groups of each token.
 
     A group is a device (DeepSeek-V2 §2.2.2, device-limited routing) or a node (DeepSeek-V3 §2.1.2, node-limited
-    routing). ``group_score="max"`` ranks a group by its best expert (V2); ``"top2"`` by the sum of its two best
-    experts (V3, ``K_r / M = 8 / 4 = 2``).
+    routing). ``group_score`` names how a group is ranked (``GROUP_SCORES``): "max" by its best expert (V2), "top2"
+    by the sum of its two best experts (V3).
 
     Shapes: choice (N, E) -> mask (N, E) bool, True = the expert may be selected.
     """
+    if group_score not in GROUP_SCORES:
+        raise ValueError(f"group_score ({group_score!r}) must be one of {tuple(GROUP_SCORES)}")
     n_tokens, n_experts = choice.shape
     grouped = choice.view(n_tokens, n_group, n_experts // n_group)  # (N, n_group, experts_per_group)
-    if group_score == "max":
-        scores = grouped.max(dim=-1).values  # (N, n_group)
-    elif group_score == "top2":
-        scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # (N, n_group)
-    else:
-        raise ValueError(f"group_score ({group_score!r}) must be 'max' or 'top2'")
-    kept = scores.topk(topk_group, dim=-1).indices  # (N, topk_group)
-    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, kept, True)  # (N, n_group)
+    kept = GROUP_SCORES[group_score](grouped).topk(topk_group, dim=-1).indices  # (N, topk_group)
+    mask = torch.zeros(n_tokens, n_group, dtype=torch.bool, device=choice.device).scatter_(1, kept, True)
     return mask.unsqueeze(-1).expand_as(grouped).reshape(n_tokens, n_experts)  # (N, E)
 
 
@@ -84,21 +87,25 @@ class Selection:
 
 
 @dataclass
-class RoutingRecord:
-    """The routing of one MoE layer in one forward pass (``ModelOutput.routing`` holds one per MoE layer).
+class RoutingRecord(Selection):
+    """The routing of one MoE layer in one forward pass (``ModelOutput.routing`` holds one per MoE layer): the
+    router's ``Selection`` with the tokens' leading shape, the ``layer`` it belongs to and the assignments the
+    capacity ``dropped`` (True = dropped; None when no capacity applied).
 
     Shapes: scores, selection_scores (B, T, E) float32 (scores keep their graph, for the balance losses);
-    group_mask (B, T, E) bool or None; experts (B, T, K) long; gate_weights (B, T, K) float32; dropped (B, T, K)
-    bool (True = the assignment fell beyond its expert's capacity) or None when no capacity applied.
+    group_mask (B, T, E) bool or None; experts (B, T, K) long; gate_weights (B, T, K) float32; dropped (B, T, K).
     """
 
-    layer: int
-    scores: torch.Tensor
-    selection_scores: torch.Tensor
-    group_mask: torch.Tensor | None
-    experts: torch.Tensor
-    gate_weights: torch.Tensor
-    dropped: torch.Tensor | None
+    layer: int = 0
+    dropped: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, sel: Selection, lead: torch.Size, layer: int, dropped: torch.Tensor | None) -> RoutingRecord:
+        """``sel`` of N = prod(lead) tokens, every tensor viewed as (*lead, ·). Shapes: (N, ·) -> (*lead, ·)."""
+        def view(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.view(*lead, t.shape[-1])
+        return cls(view(sel.scores), view(sel.selection_scores), view(sel.group_mask), view(sel.experts),
+                   view(sel.gate_weights), layer, view(dropped))
 
 
 def select_experts(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group: int = 1,
@@ -106,11 +113,10 @@ def select_experts(scores: torch.Tensor, k: int, *, topk_method: str = "greedy",
                    routed_scaling_factor: float = 1.0) -> Selection:
     """Select K experts per token and their gate values g_{i,t}; return every intermediate (``Selection``).
 
-    - ``"greedy"``: top-K of the scores (DeepSeek-V2 Eq. (21)).
-    - ``"group_limited_greedy"``: top-K inside the ``topk_group`` groups with the highest max score
-      (DeepSeek-V2 §2.2.2).
-    - ``"noaux_tc"``: selection by ``scores + bias`` inside the groups with the highest top-2 sum; gate values from
-      the unbiased scores (DeepSeek-V3 Eq. (16)).
+    ``topk_method`` names a scheme of ``minimoe.config.ROUTING_SCHEMES``: ``"greedy"``, top-K of the scores
+    (DeepSeek-V2 Eq. (21)); ``"group_limited_greedy"``, top-K inside the ``topk_group`` groups with the highest max
+    score (DeepSeek-V2 §2.2.2); ``"noaux_tc"``, selection by ``scores + bias`` inside the groups with the highest
+    top-2 sum, gate values from the unbiased scores (DeepSeek-V3 Eq. (16)).
 
     Then, if ``norm_topk_prob``, g = g' / Σ g' over the selected (DeepSeek-V3 Eq. (13)); finally g ×
     ``routed_scaling_factor``.
@@ -122,41 +128,26 @@ def select_experts(scores: torch.Tensor, k: int, *, topk_method: str = "greedy",
         raise ValueError(f"k ({k}) must be between 1 and the number of experts ({n_experts})")
     if n_experts % n_group != 0:
         raise ValueError(f"the number of experts ({n_experts}) must be divisible by n_group ({n_group})")
-    if topk_method == "noaux_tc":
-        choice = scores if bias is None else scores + bias.float()  # Eq. (16): bias only steers selection
-        group_score = "top2"
-    elif topk_method in ("greedy", "group_limited_greedy"):
-        choice = scores
-        group_score = "max"
-    else:
-        raise ValueError(f"topk_method ({topk_method!r}) must be 'greedy', 'group_limited_greedy' or 'noaux_tc'")
+    if topk_method not in ROUTING_SCHEMES:
+        raise ValueError(f"topk_method ({topk_method!r}) must be one of {tuple(ROUTING_SCHEMES)}")
+    scheme = ROUTING_SCHEMES[topk_method]
+    choice = scores + bias.float() if scheme.selection_bias and bias is not None else scores  # Eq. (16): s + b
     allowed = None
-    if topk_method != "greedy" and n_group > 1:
-        allowed = group_mask(choice, n_group, topk_group, group_score)  # (N, E)
+    if scheme.group_score is not None and n_group > 1:
+        allowed = group_mask(choice, n_group, topk_group, scheme.group_score)  # (N, E)
         choice = choice.masked_fill(~allowed, float("-inf"))
     indices = choice.topk(k, dim=-1).indices  # (N, K)
-    weights = scores.gather(-1, indices)  # (N, K)
+    weights = scores.gather(-1, indices)  # (N, K): g' from the unbiased scores
     if norm_topk_prob:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + NORM_EPS)
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + NORM_EPS)  # Eq. (13)
     return Selection(scores, choice, allowed, indices, weights * routed_scaling_factor)
-
-
-def route(scores: torch.Tensor, k: int, *, topk_method: str = "greedy", n_group: int = 1, topk_group: int = 1,
-          bias: torch.Tensor | None = None, norm_topk_prob: bool = False,
-          routed_scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``select_experts`` reduced to what dispatch needs: the gate values and the selected experts.
-
-    Shapes: scores (N, E), bias (E,) -> gate_weights (N, K) float32, experts (N, K) long, sorted by selection score.
-    """
-    sel = select_experts(scores, k, topk_method=topk_method, n_group=n_group, topk_group=topk_group, bias=bias,
-                         norm_topk_prob=norm_topk_prob, routed_scaling_factor=routed_scaling_factor)
-    return sel.gate_weights, sel.experts
 
 
 class Router(nn.Module):
     """The router of one DeepSeekMoE layer: ``weight`` holds the expert centroids e_i, ``bias`` the V3 selection bias.
 
-    ``bias`` (float32, = HF ``e_score_correction_bias``) exists only for ``topk_method="noaux_tc"``; it is a buffer,
+    ``bias`` (float32, = HF ``e_score_correction_bias``) exists only when the routing scheme selects with a bias
+    (``cfg.router_has_bias``: ``noaux_tc``); it is a buffer,
     not a parameter: training moves it with the auxiliary-loss-free update (``minimoe.moe.balance``), not by gradient.
     """
 
@@ -167,7 +158,7 @@ class Router(nn.Module):
         self.cfg = cfg
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
         nn.init.normal_(self.weight, std=cfg.initializer_range)
-        if cfg.topk_method == "noaux_tc":
+        if cfg.router_has_bias:
             self.register_buffer("bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
         else:
             self.bias = None

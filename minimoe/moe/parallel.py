@@ -31,7 +31,8 @@ import torch.distributed as dist
 from torch import nn
 
 from minimoe.config import ModelConfig
-from minimoe.moe.experts import DeepSeekMoE, resolve_impl, run_experts, sort_by_expert
+from minimoe.moe.dispatch import resolve_impl, run_experts, sort_by_expert
+from minimoe.moe.experts import DeepSeekMoE
 
 
 def _exchange(x: torch.Tensor, input_splits: list[int], output_splits: list[int], group) -> torch.Tensor:
