@@ -150,7 +150,9 @@ def login(browser, hub: Hub, user: str):
     page.fill("#username_input", user)
     page.fill("#password_input", hub.passwords[user])
     page.click("#login_submit")
-    page.wait_for_selector(".jp-Launcher", timeout=240_000)  # the user's server started and JupyterLab loaded
+    # The user's server started and JupyterLab's menu bar is up (a second login restores the last workspace, so
+    # the launcher may not be there).
+    page.wait_for_selector("#jp-menu-panel >> text=Nbgrader", timeout=240_000)
     return page
 
 
@@ -158,8 +160,12 @@ def formgrader_action(page, hub: Hub, action: str) -> str:
     """Click an action of a1's row in formgrader's Manage Assignments; returns the modal's text."""
     page.goto(f"{hub.url}/user/{hub.lecturer}/formgrader/manage_assignments")
     row = page.locator("tr", has=page.locator(f'td.name[data-order="{LAB}"]'))
-    row.locator(f"td.{action} a").click(timeout=60_000)
-    page.wait_for_selector(".modal-footer button", timeout=240_000)
+    try:
+        row.locator(f"td.{action} a").click(timeout=60_000)
+        page.wait_for_selector(".modal-footer button", timeout=240_000)
+    except Exception:
+        page.screenshot(path=str(hub.tmp.parent / f"minimoe-hub-{action}.png"))
+        raise AssertionError(f"formgrader's {action} failed; the page said:\n{page.inner_text('body')[-3000:]}")
     text = page.inner_text(".modal-body")
     page.click(".modal-footer button")
     return text
