@@ -152,7 +152,7 @@ def login(browser, hub: Hub, user: str):
     page.click("#login_submit")
     # The user's server started and JupyterLab's menu bar is up (a second login restores the last workspace, so
     # the launcher may not be there).
-    page.wait_for_selector("#jp-menu-panel >> text=Nbgrader", timeout=240_000)
+    page.wait_for_selector(".lm-MenuBar-itemLabel:text('Nbgrader')", timeout=240_000)
     return page
 
 
