@@ -266,7 +266,13 @@ def test_a_semester_on_the_course_hub(hub, browser):
         page = login(browser, hub, student)
         assignment_list(page)
         page.click("button:text('Fetch Feedback')", timeout=60_000)
-        page.click("text=(view feedback)", timeout=60_000)  # opens the feedback folder in the file browser
+        try:
+            page.click("a:text('view feedback')", timeout=90_000)  # opens the feedback folder in the file browser
+        except Exception:
+            page.screenshot(path=str(hub.tmp.parent / "minimoe-hub-feedback.png"))
+            raise AssertionError("no feedback to view; the Assignment List says:\n" + page.inner_text("body")[-2500:]
+                                 + "\nexchange: " + str(sorted(p.name for p in (hub.exchange / "minimoe").rglob("*")))
+                                 + "\nhub log: " + (hub.tmp / "hub.log").read_text()[-3000:])
         html = page.wait_for_selector(".jp-DirListing-itemName >> text=.html", timeout=60_000).inner_text()
         folder = page.evaluate("""async (user) => {""" + XSRF + """
             const get = async (p) => (await (await fetch(`/user/${user}/api/contents/${p}`,
