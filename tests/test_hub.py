@@ -257,8 +257,11 @@ def test_a_semester_on_the_course_hub(hub, browser):
     graded = run_as(hub.lecturer, f"cd {hub.course()} && {hub.bin / 'python'} grade.py {LAB} --jobs 2",
                     env=hub.env)
     assert graded.returncode == 0, graded.stdout[-3000:] + graded.stderr[-3000:]
-    assert formgrader_action(lecturer, hub, "generate-feedback")
-    assert formgrader_action(lecturer, hub, "release-feedback")
+    for action in ("generate-feedback", "release-feedback"):
+        said = formgrader_action(lecturer, hub, action)
+        assert "Successfully" in said and "rror" not in said, f"{action}:\n{said[-3000:]}"
+    released = list((hub.exchange / "minimoe" / "feedback").glob("*.html"))
+    assert len(released) == 2, (released, said[-3000:])
     lecturer.context.close()
 
     scores = {}
