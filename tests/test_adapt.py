@@ -86,11 +86,13 @@ def peft_pair(seed: int = 0):
 
     ours = small_model(seed)
     hf = to_hf(ours).eval()
+    attention = [f"model.layers.{i}.self_attn.{n}" for i in range(ours.cfg.num_hidden_layers)
+                 for n in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")]
+    shared = [f"model.layers.{i}.mlp.shared_experts.{n}" for i in range(ours.cfg.num_hidden_layers)
+              if ours.cfg.is_moe_layer(i) for n in HF_MLP]
     config = peft.LoraConfig(
         r=R, lora_alpha=ALPHA, init_lora_weights=False,  # False: B random too, so the update is not zero
-        target_modules=r".*\.(self_attn\.(q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
-                       r"|shared_experts\.(gate_proj|up_proj|down_proj))",
-        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+        target_modules=attention + shared, target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
     torch.manual_seed(seed + 100)
     peft_model = peft.get_peft_model(hf, config).eval()
     names = add_lora(ours, R, ALPHA)
