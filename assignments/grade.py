@@ -236,6 +236,25 @@ def _timestamp(staged: Path) -> str | None:
     return text
 
 
+SUBMISSION_SECRET = re.compile(r"[A-Za-z0-9_=+/-]{1,200}")
+
+
+def _feedback_keys(staged: Path) -> dict[str, str]:
+    """What nbgrader's release_feedback needs beside the graded notebook (``timestamp.txt`` and the exchange's
+    ``submission_secret.txt``, which names the student's feedback file in the exchange): copied from the staged
+    submission only when each is a small regular file of the expected form."""
+    keys = {}
+    stamp = _timestamp(staged)
+    if stamp is not None:
+        keys["timestamp.txt"] = stamp
+    path = staged / "submission_secret.txt"
+    if path.is_file() and not path.is_symlink() and path.stat().st_size <= 256:
+        text = path.read_text(errors="replace").strip()
+        if SUBMISSION_SECRET.fullmatch(text):
+            keys["submission_secret.txt"] = text
+    return keys
+
+
 def grade_one(batch: Batch, student: str) -> Result:
     """Grade one submission; any failure of this driver becomes a 'failed' result naming its own cause."""
     start = time.perf_counter()
@@ -311,6 +330,8 @@ def _grade(batch: Batch, student: str, work: Path, log_path: Path) -> Result:
         dest.mkdir(parents=True)
         for name, nb in rebuilt.items():
             nbformat.write(autograded_notebook(nb, by_cell), dest / name)
+        for name, text in _feedback_keys(staged).items():
+            (dest / name).write_text(text)
         (dest / STATE).write_text(json.dumps({"submission_sha256": result.submission_sha256, "score": result.score,
                                               "max_score": result.max_score}))
     return result

@@ -58,6 +58,21 @@ class Limits:
         return self.memory_bytes - self.work_bytes - self.tmp_bytes - self.shm_bytes if self.memory_bytes else 0
 
 
+# Installed beside the course (its tests compare with them) and holding reference implementations of what the labs
+# ask for (transformers' DeepseekV3Attention and MoE, TRL's GRPO loss, peft's LoRA): hidden from the sandbox.
+HIDDEN_PACKAGES = ("transformers", "trl", "peft")
+
+
+def hidden_package_dirs() -> list[str]:
+    import importlib.util
+    dirs = []
+    for name in HIDDEN_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            dirs += [os.path.realpath(d) for d in spec.submodule_search_locations]
+    return dirs
+
+
 def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
@@ -90,6 +105,8 @@ def sandbox_argv(cmd: list[str], *, ro_binds: list[tuple[str, str]], env: dict[s
         argv += ["--ro-bind-try", path, path]
     for src, dest in ro_binds:
         argv += ["--ro-bind", src, dest]
+    for path in hidden_package_dirs():  # an empty folder over each: nothing to import
+        argv += ["--size", "4096", "--tmpfs", path]
     argv += ["--clearenv", "--chdir", HOME]
     for key, value in env.items():
         argv += ["--setenv", key, value]
@@ -225,7 +242,11 @@ def sandbox_problem() -> str | None:
 
 def copy_package(dest: Path, stubs: dict[str, list[str]], lab: str) -> Path:
     """A read-only copy of ``minimoe`` under `dest` in which each `stubs` entry (module -> names, ``Class.method``
-    allowed) raises "not available while grading"; returns the folder to put on ``PYTHONPATH``."""
+    allowed) raises "not available while grading"; returns the folder to put on ``PYTHONPATH``.
+
+    The stubbed definitions are *replaced* in the copied source (found with ``ast``: decorators, signature and
+    body), so the reference's code is not in the sandbox at all: appending new bindings would leave it in the file
+    for a student to read back and ``exec``."""
     import minimoe
     source = Path(minimoe.__file__).resolve().parent
     shutil.copytree(source, dest / "minimoe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -233,18 +254,38 @@ def copy_package(dest: Path, stubs: dict[str, list[str]], lab: str) -> Path:
         path = dest / (module.replace(".", "/") + ".py")
         if not path.is_file():
             raise FileNotFoundError(f"the stub list of {lab} names {module}, which has no file {path}")
-        lines = ["", "", "# Added by the grader: the reference answers of this lab are not available while grading.",
-                 "def _not_available_while_grading(name):",
-                 "    def refuse(*args, **kwargs):",
-                 f"        raise RuntimeError(f'{{name}} is not available while grading {lab}: write it yourself')",
-                 "    return refuse", ""]
-        for name in names:
-            owner, _, attr = name.rpartition(".")
-            target = f"{owner}.{attr}" if owner else attr
-            lines.append(f"{target} = _not_available_while_grading({module + '.' + name!r})")
-        with open(path, "a") as f:
-            f.write("\n".join(lines) + "\n")
+        path.write_text(without_references(path.read_text(), names, module, lab))
     for root, _, files in os.walk(dest):
         for name in files:
             os.chmod(os.path.join(root, name), 0o444)
     return dest
+
+
+def without_references(text: str, names: list[str], module: str, lab: str) -> str:
+    """`text` (a module's source) with each of `names` (``func`` or ``Class.method``) replaced by a definition of the
+    same name that raises "not available while grading"; a name that is not defined there is an error."""
+    import ast
+
+    tree = ast.parse(text)
+    spans = []  # (first line, last line, indent, name), 1-based and inclusive
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        body = tree.body
+        if owner:
+            classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == owner]
+            body = classes[0].body if classes else []
+        found = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign))
+                 and (getattr(n, "name", None) == attr
+                      or isinstance(n, ast.Assign) and any(getattr(t, "id", None) == attr for t in n.targets))]
+        if not found:
+            raise ValueError(f"the stub list of {lab} names {module}.{name}, which {module} does not define")
+        for node in found:
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            spans.append((first, node.end_lineno, node.col_offset, attr, name))
+    lines = text.splitlines()
+    for first, last, indent, attr, name in sorted(spans, reverse=True):
+        pad = " " * indent
+        lines[first - 1:last] = [
+            f"{pad}def {attr}(*args, **kwargs):  # replaced by the grader",
+            f"{pad}    raise RuntimeError('{module}.{name} is not available while grading {lab}: write it yourself')"]
+    return "\n".join(lines) + "\n"

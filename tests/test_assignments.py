@@ -180,6 +180,15 @@ def a1(course, secret):
                        "def rope_rotate(x, position_ids, base=10000.0):\n"
                        "    return RotaryEmbedding(x.shape[-1], 4096, base)(x, position_ids)\n",
         "mla_naive": "def mla_naive(mla, cfg, x):\n    return mla(x)\n"})
+    # The reference's source read back from the sandbox's package copy and executed; transformers' MLA.
+    submit(course, "a1_mla", "reads_reference", {
+        "rope_rotate": "import minimoe.attention.rope as _m\n"
+                       "_ns = {'__name__': 'stolen'}\n"
+                       "exec(open(_m.__file__).read().split('# Added by the grader')[0], _ns)\n"
+                       "def rope_rotate(x, position_ids, base=10000.0):\n"
+                       "    return _ns['RotaryEmbedding'](x.shape[-1], 4096, base)(x, position_ids)\n",
+        "mla_naive": "from transformers.models.deepseek_v3 import modeling_deepseek_v3 as _hf\n"
+                     "def mla_naive(mla, cfg, x):\n    return _hf.DeepseekV3Attention\n"})
     submit(course, "a1_mla", "crashes", {**ref, "mla_absorbed_decode": "import os\n"
                                          "def mla_absorbed_decode(mla, cfg, x_t, c_kv, k_rope):\n    os._exit(0)\n"})
     links = submit(course, "a1_mla", "links_submitted", ref)
@@ -240,6 +249,18 @@ def test_the_reference_is_not_available_in_the_sandbox(a1):
     text = autograded_text(a1[1], "calls_reference")
     assert graded(a1, "calls_reference") == 0
     assert "rope_rotate: raised an exception" in text and "mla_naive: raised an exception" in text
+
+
+def test_the_reference_cannot_be_read_back_nor_borrowed_from_transformers(a1):
+    """The package copy holds no reference code (replaced, not shadowed), and transformers is not importable."""
+    assert graded(a1, "reads_reference") == 0
+    from sandbox import without_references
+    source = (ROOT / "minimoe" / "attention" / "rope.py").read_text()
+    stubbed = without_references(source, ["apply_rope", "RotaryEmbedding.forward"], "minimoe.attention.rope", "a1")
+    assert "def apply_rope(*args, **kwargs):  # replaced by the grader" in stubbed
+    compile(stubbed, "rope.py", "exec")
+    original = source[source.index("def apply_rope"):].split("\n\n\n", 1)[0]
+    assert original.count("\n") > 3 and original not in stubbed
 
 
 def test_a_crashing_function_costs_only_its_own_points(a1):

@@ -14,7 +14,7 @@ from minimoe.moe import balance, gate
 STUBS = {"minimoe.moe.gate": ["affinity_scores", "group_mask", "select_experts", "Router.forward"],
          "minimoe.moe.balance": ["expert_balance_loss", "device_balance_loss", "communication_balance_loss",
                                  "sequence_balance_loss", "expert_load", "update_selection_bias"],
-         "minimoe.moe.experts": ["capacity_mask"]}
+         "minimoe.moe.dispatch": ["capacity_mask"]}
 
 
 def _dense(weights: torch.Tensor, indices: torch.Tensor, n_experts: int) -> torch.Tensor:

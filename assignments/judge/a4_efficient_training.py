@@ -165,7 +165,8 @@ def _gemm_limited(qx, sx, qw, sw, bits: int) -> torch.Tensor:
     for c in range(qx.shape[1] // N_C):
         chunk = slice(c * N_C, (c + 1) * N_C)
         products = qx[:, None, chunk].float() * qw[None, :, chunk].float()  # (M, N, N_C)
-        partial = fp8.accumulate(products, bits, promote_every=None)  # (M, N) in the limited accumulator
+        # (M, N) in the limited accumulator, rounding to nearest as the lab's round_to_bits does by default
+        partial = fp8.accumulate(products, bits, promote_every=None, rounding="nearest")
         out += partial * sx[:, c, None] * sw[:, c].repeat_interleave(N_C)[None, :]
     return out
 
