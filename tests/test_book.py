@@ -247,7 +247,7 @@ def test_build_writes_every_chapter_and_times_it():
         assert page.exists(), f"{page} was not built"
         timing = rf"^{re.escape(stem)}\s+\d+\.\ds\s+(executed|cached)"
         assert re.search(timing, log, re.MULTILINE), log[-2000:]
-    assert "python -m http.server -d" in log
+    assert "python3 -m http.server --bind 127.0.0.1 -d" in log
 
 
 @pytest.mark.slow
