@@ -82,3 +82,10 @@ def test_lab_counts_in_words_agree_with_the_tree(page: str):
              for m in re.finditer(r"\b(\w+) (graded labs|labs|assignments)\b", text(page))
              if m.group(1).lower() in NUMBER_WORDS and NUMBER_WORDS.index(m.group(1).lower()) != counts[m.group(2)]]
     assert not wrong, f"{page} counts what the tree has a different number of: {wrong}"
+
+
+def test_the_site_has_a_favicon():
+    """Without one every page's console shows a 404 for /favicon.ico."""
+    match = re.search(r"^\s+html_favicon: (\S+)$", (ROOT / "book" / "_config.yml").read_text(), re.MULTILINE)
+    assert match, "book/_config.yml sets no html_favicon"
+    assert (ROOT / "book" / match.group(1)).is_file(), f"html_favicon names {match.group(1)}, which is not in book/"
