@@ -16,12 +16,26 @@ help:
 	@echo "make bench  run the benchmarks in benchmarks/"
 	@echo "make hub    start the course hub on 127.0.0.1:8000 (as root; DEMO=1 creates three demo users)"
 
+# One checkout, one venv. A .venv that resolves outside this checkout (a link to another clone's or worktree's
+# venv) belongs to that checkout: its editable install points there, and `pip install -e .` from here would
+# re-point it, breaking the other checkout. Such a venv is used as it is, with PYTHONPATH=$(CURDIR) so that this
+# checkout's minimoe is the one imported (PYTHONPATH comes before the editable install's finder), and nothing is
+# installed into it. A venv merely active on PATH is never used: the targets run $(BIN)/…, and a missing .venv is
+# created here.
+FOREIGN_VENV := $(filter-out $(realpath $(CURDIR))/$(VENV),$(realpath $(VENV)))
+ifeq ($(FOREIGN_VENV),)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_PREFERRED)" || $(BIN)/pip install --quiet "torch>=2.4"
 	$(BIN)/pip install --quiet -e ".[course,dev]"
 	touch $(STAMP)
+else
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+$(info make: $(VENV) is $(FOREIGN_VENV), another checkout's venv: used as it is, with PYTHONPATH=$(CURDIR); nothing is installed into it)
+$(STAMP):
+	@test -x $(BIN)/python || { echo "make: $(FOREIGN_VENV) has no python; remove the $(VENV) link to get a venv of this checkout"; exit 1; }
+endif
 
 install: $(STAMP)
 

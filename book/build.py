@@ -297,7 +297,7 @@ def print_report(rows: list[tuple[str, float | None, str]], wall_s: float, html:
     print(f"{'':<{width}}  {executed:9.1f}s  executed in this build, {wall_s:.0f} s wall time in all")
     if wall_s > BOOK_BUDGET_S:
         print(f"the build took {wall_s:.0f} s, over the {BOOK_BUDGET_S} s budget")
-    print(f"\nThe site is in {html}. Open it with\n    python -m http.server -d {html}")
+    print(f"\nThe site is in {html}. Open it with\n    python3 -m http.server --bind 127.0.0.1 -d {html}")
     print("and visit http://127.0.0.1:8000")
 
 

@@ -33,7 +33,7 @@ def plot_params_total_vs_active(cfgs: Sequence[ModelConfig], ax: Axes | None = N
     for offset, label, values in [(-0.2, "total", [c.total for c in counts]),
                                   (0.2, "active per token", [c.active for c in counts])]:
         bars = ax.bar([x + offset for x in xs], [v / 1e9 for v in values], width=0.4, label=label)
-        ax.bar_label(bars, fmt="%.3gB", fontsize=8)
+        ax.bar_label(bars, fmt="%.3gB", fontsize=9)
     ax.set_xticks(list(xs), [cfg.name for cfg in cfgs])
     ax.set_ylabel("parameters (billions)")
     ax.set_title("Total vs active parameters")
@@ -157,7 +157,7 @@ def plot_cache_per_token_bars(cfg: ModelConfig, n_groups: int = 8, ax: Axes | No
                  "MLA": kv_cache_per_token(cfg, "mla") // layers}
     bars = ax.bar(list(per_layer), list(per_layer.values()), color=["C0", "C1", "C2", "C3"])
     ax.bar_label(bars, labels=[f"{v:,}\n({v / per_layer['MLA']:.2f}× MLA)" for v in per_layer.values()],
-                 fontsize=8)
+                 fontsize=9)
     ax.set_yscale("log")
     ax.set_ylim(min(per_layer.values()) / 4, max(per_layer.values()) * 8)
     ax.set_ylabel("cached elements per token per layer")
@@ -233,7 +233,7 @@ def plot_routing_heatmap(scores, indices, *, n_group: int = 1, allowed=None, tit
         ax.axvline(boundary * n_experts // n_group - 0.5, color="white", linewidth=1.5)
     ax.set_xticks(range(n_experts))
     ax.set_yticks(range(n_tokens))
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=9)
     ax.set_xlabel("expert")
     ax.set_ylabel("token")
     ax.set_title(title or f"{n_tokens} tokens × {n_experts} experts, {indices.shape[1]} selected per token")

@@ -247,7 +247,7 @@ def test_build_writes_every_chapter_and_times_it():
         assert page.exists(), f"{page} was not built"
         timing = rf"^{re.escape(stem)}\s+\d+\.\ds\s+(executed|cached)"
         assert re.search(timing, log, re.MULTILINE), log[-2000:]
-    assert "python -m http.server -d" in log
+    assert "python3 -m http.server --bind 127.0.0.1 -d" in log
 
 
 @pytest.mark.slow
@@ -349,11 +349,19 @@ def browser():
         chromium.close()
 
 
+def wait_for_typeset(page) -> None:
+    """Wait for what the checks read rather than for `networkidle` (500 ms without a request, which a loaded
+    machine can miss until the timeout): after `load`, MathJax's first typesetting where the page loads MathJax.
+    Widgets and search results are waited for by the tests that read them."""
+    page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise", timeout=30_000)
+    page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+
+
 def open_page(browser, url: str):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     watch = PageWatch(page)
     page.goto(url, wait_until="load")
-    page.wait_for_load_state("networkidle")
+    wait_for_typeset(page)
     return page, watch
 
 
@@ -547,11 +555,7 @@ def open_sized(browser, url: str, width: int):
     page = browser.new_page(viewport={"width": width, "height": 900})
     watch = PageWatch(page)
     page.goto(url, wait_until="load")
-    page.wait_for_load_state("networkidle")
-    if page.locator("mjx-container").count() or "$" in page.content():
-        page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise",
-                               timeout=30_000)
-        page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+    wait_for_typeset(page)
     return page, watch
 
 
