@@ -10,7 +10,7 @@ Each panel answers one question about a run (chapter 12 reproduces the failure e
     length            are completions growing, are wrong ones longer than right ones, are they cut off?
     KL                how far has the policy moved from the reference?
     GRPO loss, grad   the loss is ~0 by construction (advantages sum to 0 per group); the gradient norm is not
-    expert load       does the MoE policy keep its experts balanced (MaxVio, DeepSeek-V3 §4.5.2)?
+    expert load       does the MoE policy keep its experts balanced (MaxVio, Wang et al. 2024)?
 
 ``matplotlib`` only; histories are ``minimoe.history.History`` objects (or anything with the same columns).
 """
