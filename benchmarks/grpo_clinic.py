@@ -7,7 +7,7 @@ trainer's history that reveal the failure, and the greedy held-out exact match b
 before that, the anatomy of the first step (the loss is ~0 because the advantages sum to zero in every group) and the
 per-token weights of "grpo" and "dr_grpo" on a group of unequal lengths (the length bias, computed, not trained).
 
-Budget and why. Each run takes 10-20 s of one CPU core (``time.process_time``, printed per run), under the issue's
+Budget and why. Each run takes 10-25 s of one CPU core (``time.process_time``, printed per run), under the issue's
 30 CPU s per reproduction; chapter 12 runs the same nine distinct settings through the same ``Clinic`` calls, about
 2-2.5 CPU minutes in all, so the chapter is a Part III chapter that needs up to 3 minutes: seven failures, each a
 pair of runs long enough for its diagnostic to move (fewer steps leave the held-out accuracy of the healthy run
