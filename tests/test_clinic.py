@@ -118,8 +118,7 @@ def test_dashboard_draws_every_panel_for_one_history():
     fig = plot_grpo_dashboard(history, title="one run")
     assert [ax.get_title() for ax in fig.axes] == list(DASHBOARD_PANELS)
     reward = fig.axes[0]
-    assert [line.get_label() for line in reward.lines] == ["_child0", "reward_a", "reward_format_reward"] or \
-        len(reward.lines) == 3
+    assert [line.get_label() for line in reward.lines] == ["_child0", "a", "format_reward"]  # total, then terms
     assert list(reward.lines[0].get_ydata()) == history.reward
     expert = fig.axes[DASHBOARD_PANELS.index("expert load")]
     assert list(expert.lines[0].get_ydata()) == [v[-1] for v in history.max_vio]
@@ -138,7 +137,16 @@ def test_dashboard_overlays_runs_one_colour_each_and_rejects_junk():
         plot_grpo_dashboard({})
     with pytest.raises(ValueError, match="runs must be"):
         plot_grpo_dashboard({"a": [1, 2]})
-    assert isinstance(History(step=[]), History)
+
+
+def test_dashboard_draws_lengths_with_steps_where_nothing_was_right():
+    history = _history()
+    history.length_correct = [None, 60.0]  # step 0 had no right sample
+    fig = plot_grpo_dashboard(history)
+    length = fig.axes[DASHBOARD_PANELS.index("length")]
+    assert [line.get_label() for line in length.lines] == ["_child0", "correct", "wrong"]
+    assert list(length.lines[1].get_ydata()) == [None, 60.0]
+    matplotlib.pyplot.close(fig)
 
 
 # ---------------------------------------------------------------- the clinic's cases
