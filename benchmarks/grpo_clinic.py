@@ -23,7 +23,9 @@ import argparse
 
 import torch
 
-from minimoe.rl.clinic import CASES, CLINIC_STEPS, Clinic, ClinicRun, first_last, first_step, token_weights
+from minimoe.moe.balance import max_violation
+from minimoe.rl.clinic import (CASES, CLINIC_STEPS, Clinic, ClinicRun, first_last, first_step, probe_expert_load,
+                               token_weights)
 
 
 def describe(label: str, run: ClinicRun, columns: tuple[str, ...]) -> str:
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: failure {case['failure']}, fix {case['fix'] or 'the demo settings'}")
         print(describe("failure", failure, case['watch']))
         print(describe("fix", fix, case['watch']))
+        if "max_vio" in case["watch"]:
+            vio = [max_violation(probe_expert_load(policy)[-1]).item() for policy in (clinic.sft, failure.policy,
+                                                                                     fix.policy)]
+            print("  MaxVio on the probe batch: SFT {:.3f}, failure {:.3f}, fix {:.3f}".format(*vio))
     total = sum(run.cpu_seconds for run in clinic.runs.values())
     print(f"{len(clinic.runs)} distinct runs, {total:.0f} CPU s of training in all "
           f"(longest {max(run.cpu_seconds for run in clinic.runs.values()):.1f} s)")

@@ -217,3 +217,13 @@ def test_benchmark_quick():
     assert "first step: loss" in result.stdout and "distinct runs" in result.stdout
     for name in CASES:
         assert f"{name}: failure" in result.stdout
+
+
+def test_probe_expert_load_is_the_load_of_one_fixed_batch():
+    from minimoe.rl.clinic import probe_expert_load
+    from minimoe.rl.demo import load_sft_policy
+
+    policy = load_sft_policy().train()
+    loads = probe_expert_load(policy, n=16)
+    assert policy.training and len(loads) == 1 and loads[0].shape == (policy.cfg.n_routed_experts,)
+    assert loads[0].sum().item() == pytest.approx(1.0) and torch.equal(loads[0], probe_expert_load(policy, n=16)[0])

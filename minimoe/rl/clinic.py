@@ -34,13 +34,14 @@ import torch
 from torch import nn
 
 from minimoe.history import History
+from minimoe.moe.balance import expert_load
 from minimoe.rl import demo
 from minimoe.rl.grpo import group_advantages, grpo_loss
 from minimoe.rl.rewards import CombinedReward, accuracy_reward, combine_rewards, format_reward
 from minimoe.rl.rollout import score_completions
 from minimoe.rl.trainer import GRPOTrainer, evaluate_policy
 from minimoe.tasks.arithmetic import ArithmeticTask
-from minimoe.tasks.template import Checkable, parse_completion
+from minimoe.tasks.template import Checkable, format_completion, format_prompt, parse_completion
 from minimoe.tasks.tokenizer import CharTokenizer
 
 CLINIC_STEPS = 30
@@ -173,6 +174,26 @@ def first_last(history: History, column: str, window: int = 5) -> tuple[float, f
     if not values:
         return None
     return statistics.fmean(values[:window]), statistics.fmean(values[-window:])
+
+
+@torch.no_grad()
+def probe_expert_load(policy: nn.Module, n: int = EVAL_N) -> list[torch.Tensor]:
+    """The expert load of each MoE layer of `policy` on one fixed probe batch: prompt + correct worked solution
+    (``demo.addition_trace``) of the first `n` held-out additions with a three-digit sum, which all have one length
+    (no padding to route). The load of a training step comes from that step's 64 samples and jumps from step to
+    step; this one compares policies on the same tokens.
+
+    Shapes: -> one (E,) tensor of shares per MoE layer.
+    """
+    tokenizer = CharTokenizer()
+    problems = [p for p in demo.addition_task().sample(4 * n, "heldout", seed=0) if p.target < 1000][:n]
+    rows = [tokenizer.encode(format_prompt(p.question, demo.TEMPLATE), add_bos=True)
+            + tokenizer.encode(format_completion(*demo.addition_trace(p.a, p.b)), add_eos=True) for p in problems]
+    assert len({len(row) for row in rows}) == 1, "probe sequences must share one length"
+    was_training = policy.training
+    output = policy.eval()(torch.tensor(rows))  # (n, L) tokens
+    policy.train(was_training)
+    return [expert_load(record.experts, policy.cfg.n_routed_experts) for record in output.routing]
 
 
 def first_step(sft: nn.Module | None = None, *, seed: int = 0) -> dict[str, Any]:
