@@ -33,14 +33,23 @@ from minimoe.history import History
 from minimoe.moe import DeepSeekMoE
 from minimoe.optim import STEP_METRICS, make_optimizer, training_step
 from minimoe.rl.grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
-from minimoe.rl.rewards import RewardFn, accuracy_reward, checked_rewards, format_reward
+from minimoe.rl.rewards import CombinedReward, RewardFn, accuracy_reward, checked_rewards, format_reward
 from minimoe.rl.rollout import Rollout, concat_rollouts, sample_groups, score_completions
 from minimoe.tasks.template import format_prompt
 from minimoe.tasks.tokenizer import CharTokenizer
 
 NONFINITE_REWARDS = ("raise", "skip")
 GRPO_METRICS = ("step", "reward", "accuracy", "format_rate", "response_length", "kl", "clip_fraction", "entropy",
-                "grpo_loss", *STEP_METRICS, "groups_kept", "seconds", "eval_step", "eval_accuracy")
+                "grpo_loss", *STEP_METRICS, "groups_kept", "seconds", "eval_step", "eval_accuracy",
+                "zero_std_groups", "clip_low", "clip_high", "truncated_rate", "length_correct", "length_wrong")
+"""The columns of ``GRPOTrainer.history``; a ``CombinedReward`` adds one column per term (``reward_term_column``).
+
+What a practitioner watches, beside the reward: ``zero_std_groups`` the fraction of sampled groups whose G rewards are
+all equal (zero advantage, no gradient; DAPO §3.2); ``clip_low`` / ``clip_high`` the token fractions clipped below
+and above (DAPO §3.1: clip-higher); ``entropy`` the policy's mean token entropy (DAPO §3.1: entropy collapse);
+``truncated_rate`` the fraction of samples cut at ``max_new_tokens``; ``length_correct`` / ``length_wrong`` the
+mean length of right and wrong samples (Dr. GRPO §3.1: per-sequence normalisation lets wrong answers grow long);
+``kl`` to the reference; ``expert_load`` / ``max_vio`` the MoE routing."""
 
 
 @dataclass
@@ -206,8 +215,9 @@ class GRPOTrainer:
         steps' mean record (``STEP_METRICS``: ``loss``, ``balance_loss``, ``expert_load``, ``max_vio``, …)."""
         cfg, G, start = self.cfg, self.cfg.group_size, time.perf_counter()
         kept: list[tuple[Rollout, torch.Tensor]] = []
-        seen = {"reward": [], "accuracy": [], "format_rate": [], "response_length": []}
-        n_groups = n_kept = 0
+        seen = {"reward": [], "accuracy": [], "format_rate": [], "response_length": [], "truncated_rate": []}
+        terms: dict[str, list[torch.Tensor]] = {}
+        n_groups = n_kept = n_zero_std = 0
         for _ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
             rollout, problems = self._sample()
             rewards = checked_rewards(self.reward_fn, rollout.completions, problems, step=self.step,
@@ -216,18 +226,21 @@ class GRPOTrainer:
             seen["accuracy"].append(accuracy_reward(rollout.completions, problems))
             seen["format_rate"].append(format_reward(rollout.completions, problems))
             seen["response_length"].append(rollout.lengths)
+            seen["truncated_rate"].append(self._truncated(rollout))
+            for column, values in reward_terms(self.reward_fn, rollout.completions, problems).items():
+                terms.setdefault(column, []).append(values)
             if not torch.isfinite(rewards).all():  # on_nonfinite_reward="skip": no update on this step
                 warnings.warn(f"step {self.step}: reward function {_name(self.reward_fn)} returned "
                               f"{int((~torch.isfinite(rewards)).sum())} non-finite rewards of {rewards.numel()}; "
                               "step skipped (on_nonfinite_reward='skip')", RuntimeWarning, stacklevel=2)
                 kept, n_groups, n_kept = [], max(n_groups, 1), 0
                 break
-            keep = torch.ones(len(problems) // G, dtype=torch.bool)  # (B/G,)
-            if cfg.dynamic_sampling:
-                grouped = rewards.view(-1, G)  # (B/G, G)
-                # DAPO: all-equal groups carry no signal. Compare extremes: a float32 std of equal rewards
-                # (e.g. eight 0.1s) is ~1e-8, not 0.
-                keep = grouped.amax(dim=1) > grouped.amin(dim=1)
+            grouped = rewards.view(-1, G)  # (B/G, G)
+            # All-equal groups carry no signal. Compare extremes: a float32 std of equal rewards (e.g. eight 0.1s)
+            # is ~1e-8, not 0.
+            varied = grouped.amax(dim=1) > grouped.amin(dim=1)  # (B/G,)
+            n_zero_std += int((~varied).sum())
+            keep = varied if cfg.dynamic_sampling else torch.ones_like(varied)  # DAPO drops the all-equal groups
             n_groups += keep.numel()
             if keep.any():
                 rows = keep.repeat_interleave(G)
@@ -237,20 +250,29 @@ class GRPOTrainer:
                 break
 
         metrics = {name: torch.cat(values).float().mean().item() for name, values in seen.items()}
+        metrics.update(_length_split(torch.cat(seen["response_length"]), torch.cat(seen["accuracy"])))
+        metrics.update({column: torch.cat(values).float().mean().item() for column, values in terms.items()})
         metrics.update(self._update(kept) if kept else self._no_update())
-        metrics.update(groups_kept=n_kept / n_groups, seconds=time.perf_counter() - start)
+        metrics.update(groups_kept=n_kept / n_groups, zero_std_groups=n_zero_std / n_groups,
+                       seconds=time.perf_counter() - start)
         self.history.record(step=self.step, **metrics)
         self.step += 1
         if cfg.ref_reset_every is not None and self.step % cfg.ref_reset_every == 0:
             self.ref.load_state_dict(self.policy.state_dict())
         return metrics
 
+    def _truncated(self, rollout: Rollout) -> torch.Tensor:
+        """1.0 where a completion has no eos: sampling stopped it at ``max_new_tokens``. Shapes: -> (B,)."""
+        last = rollout.completion_ids.gather(1, (rollout.lengths.long() - 1).clamp(min=0)[:, None]).squeeze(1)
+        return (last != self.tokenizer.eos_id).float()
+
     def _no_update(self) -> dict[str, Any]:
         """The record of a step that trained on nothing: NaN everywhere, one NaN load per expert of each MoE layer
         (of the main model and the MTP modules) so that the columns stay rectangular."""
         n_moe = sum(isinstance(m, DeepSeekMoE) for m in self.policy.modules())
         nan_load = [[math.nan] * self.policy.cfg.n_routed_experts for _ in range(n_moe)]
-        return {"grpo_loss": math.nan, "kl": math.nan, "clip_fraction": math.nan, "entropy": math.nan,
+        return {"grpo_loss": math.nan, "kl": math.nan, "clip_fraction": math.nan, "clip_low": math.nan,
+                "clip_high": math.nan, "entropy": math.nan,
                 **{name: math.nan for name in STEP_METRICS}, "expert_load": nan_load, "max_vio": [math.nan] * n_moe}
 
     def _update(self, kept: list[tuple[Rollout, torch.Tensor]]) -> dict[str, float]:
@@ -281,7 +303,8 @@ class GRPOTrainer:
             record = training_step(self.policy, self.optimizer, loss, scores.output, step=self.step, cfg=cfg,
                                    hint=f"pass {iteration} of the GRPO update")
             records.append({"grpo_loss": loss.item(), "clip_fraction": float(stats.get("clip_region", math.nan)),
-                            **record})
+                            "clip_low": float(stats.get("clip_low", math.nan)),
+                            "clip_high": float(stats.get("clip_high", math.nan)), **record})
         return {**_mean_record(records), "kl": first_kl, "entropy": first_entropy}
 
     def train(self, steps: int | None = None) -> History:
@@ -352,6 +375,31 @@ def load_grpo_checkpoint(path: str | os.PathLike, map_location: str | torch.devi
     settings = dict(ckpt.extra["grpo_config"])
     settings["betas"] = tuple(settings.get("betas", (0.9, 0.99)))
     return GRPOCheckpoint(ckpt.model, GRPOConfig(**settings), ckpt.history, ckpt.optimizer_state, ckpt.step)
+
+
+def reward_term_column(fn: Any) -> str:
+    """The history column of one term of a ``CombinedReward``: ``"reward_"`` + the function's name."""
+    return f"reward_{_name(fn)}"
+
+
+def reward_terms(reward_fn: RewardFn, completions: list[str], problems: list[Any]) -> dict[str, torch.Tensor]:
+    """Each term of a ``CombinedReward``, unweighted, by history column (``reward_term_column``); {} for any other
+    reward function. Shapes: N completions -> {column: (N,)}."""
+    if not isinstance(reward_fn, CombinedReward):
+        return {}
+    return {reward_term_column(fn): checked_rewards(fn, completions, problems, nonfinite="keep")
+            for fn, _ in reward_fn.terms}
+
+
+def _length_split(lengths: torch.Tensor, correct: torch.Tensor) -> dict[str, float | None]:
+    """Mean length of the right and of the wrong samples; None where there are none (not NaN, which would make a
+    history differ from itself after a checkpoint round trip). Shapes: lengths, correct (N,)."""
+    right = correct > 0.5
+
+    def mean(selected: torch.Tensor) -> float | None:
+        return selected.float().mean().item() if selected.numel() else None
+
+    return {"length_correct": mean(lengths[right]), "length_wrong": mean(lengths[~right])}
 
 
 def _mean_record(records: list[dict[str, Any]]) -> dict[str, Any]:
