@@ -8,8 +8,8 @@ Four tools, each usable alone; ``minimoe.localise`` compares them.
   as the mean of the rows of tokens it maps to (三 → "3", 加 → "+"). Old tokens' logits do not change.
 * **LoRA** (Hu et al. 2021, §4.1, Eq. (3)): a frozen weight W₀ plus a trainable low-rank update,
   h = W₀x + (α/r)·B A x with A ∈ R^{r×k}, B ∈ R^{d×r}, B = 0 at the start. ``add_lora`` wraps the attention and
-  expert projections; ``merge_lora`` folds (α/r)·BA into W₀ (no inference cost, §4.1), ``unmerge_lora`` takes it
-  out again. Equal to ``peft``'s LoRA on the transformers export of the same weights (tests/test_adapt.py).
+  expert projections; ``merge_lora`` folds (α/r)·BA into W₀ (no inference cost, Hu et al. 2021, §4.1),
+  ``unmerge_lora`` takes it out again. Equal to ``peft``'s LoRA on the transformers export of the same weights (tests/test_adapt.py).
 * **Replay** (``replay_rows``): a fixed fraction of every batch is drawn from the original training data, so the
   gradient keeps a term for what the model should still do (rehearsal; Robins 1995).
 * **New experts** (``add_experts``): the MoE-native option. New routed experts, with new router rows, form new
@@ -111,9 +111,10 @@ def freeze_rows(parameter: nn.Parameter, n_frozen: int) -> torch.utils.hooks.Rem
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` W₀ with a LoRA update (Hu et al. 2021, Eq. (3)): y = W₀x + b + (α/r)·B(Ax).
 
-    A starts Gaussian with std 1/r (peft's ``init_lora_weights="gaussian"``; Hu et al. §4.1 say "random Gaussian"),
-    B at zero, so the wrapped layer starts equal to W₀. ``weight`` is the effective W₀ + (α/r)·BA, so code that reads
-    the matrix itself (MLA's absorbed mode reads W^UK and W^UV from ``wkv_b.weight``) sees the adapted one.
+    A starts Gaussian with std 1/r (peft's ``init_lora_weights="gaussian"``; Hu et al. 2021, §4.1 say "random
+    Gaussian"), B at zero, so the wrapped layer starts equal to W₀. ``weight`` is the effective W₀ + (α/r)·BA, so
+    code that reads the matrix itself (MLA's absorbed mode reads W^UK and W^UV from ``wkv_b.weight``) sees the
+    adapted one.
     ``merge()`` adds (α/r)·BA into W₀ and stops the extra path; ``unmerge()`` subtracts it again.
 
     Shapes: x (..., k) -> (..., d); A (r, k), B (d, r).
@@ -187,7 +188,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def merge_lora(model: nn.Module) -> None:
-    """Fold every LoRA update into its frozen weight (Hu et al. §4.1: no extra inference latency)."""
+    """Fold every LoRA update into its frozen weight (Hu et al. 2021, §4.1: no extra inference latency)."""
     for layer in lora_layers(model).values():
         layer.merge()
 

@@ -63,7 +63,8 @@ class LocaliseConfig:
     """Sequences per batch."""
     lr: dict[str, float] = field(default_factory=lambda: {"full": 3e-3, "replay": 3e-3, "lora": 1e-2,
                                                           "experts": 1e-2, "embeddings": 3e-2})
-    """Peak learning rate per method (low-rank and small parameter sets take larger steps, as in Hu et al. §5)."""
+    """Peak learning rate per method (low-rank and small parameter sets take larger steps, as in Hu et al. 2021,
+    §5)."""
     warmup: int = 5
     """Linear warm-up steps, then a cosine decay to ``min_lr_ratio · lr``."""
     min_lr_ratio: float = 0.1
