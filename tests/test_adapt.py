@@ -260,6 +260,41 @@ def test_new_experts_keep_old_groups_and_the_frozen_experts_stay_bitwise_unchang
         add_experts(model, per_group + 1)
 
 
+@pytest.mark.parametrize("method", ["lora", "experts", "embeddings"])
+def test_frozen_base_methods_move_only_their_own_parameters(method):
+    """chapter 11's frozen-base methods (minimoe.localise.prepare): after training, every base weight and every
+    old vocabulary row is bitwise the start model's; only LoRA matrices, new experts, new router rows and new
+    vocabulary rows moved."""
+    from minimoe.localise import LocaliseConfig, prepare
+
+    model, n_old_vocab = small_model(), 40
+    per_group = model.cfg.n_routed_experts // model.cfg.n_group
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trained, _, hooks = prepare(method, model, LocaliseConfig(n_new_experts=per_group), n_old_vocab)
+    optimizer = make_optimizer(trained, _Steps.lr, weight_decay=0.0)
+    x = tokens()
+    for step in range(_Steps.steps):
+        out = trained.train()(x)
+        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), x.roll(-1, 1).flatten())
+        training_step(trained, optimizer, loss, out, step=step, cfg=_Steps)
+    for hook in hooks:
+        hook.remove()
+    n_old = model.cfg.n_routed_experts
+    moved = []
+    for key, value in trained.state_dict().items():
+        if "lora_" in key:
+            continue
+        old = before.get(key.replace(".base.", "."))
+        if old is None:
+            assert method == "experts" and int(key.split(".ffn.experts.")[1].split(".")[0]) >= n_old, key
+            continue
+        n_kept = n_old_vocab if key in ("embed.weight", "head.weight") else n_old if key.endswith(
+            "router.weight") else len(old)
+        assert torch.equal(value[:n_kept], old[:n_kept]), key
+        moved += [key] if not torch.equal(value, old) else []
+    assert "embed.weight" in moved or "head.weight" in moved  # the new rows trained
+
+
 def test_expert_shares_rows_sum_to_one():
     model = small_model()
     x = tokens()
