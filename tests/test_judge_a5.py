@@ -19,7 +19,7 @@ FULL = 12.0  # autograded points; the written answer (2) is graded by hand
 
 # (grade_id, the reference's text, the mistake's text) for each one-mistake submission
 MISTAKES = {
-    "integer_scaling": ("lora_forward", "(alpha / r)", "(alpha // r)"),
+    "integer_scaling": ("lora_forward", "+ (alpha / r) * (", "+ (alpha // r) * ("),
     "bias_weighs": ("gates_with_new_experts", "g = scores.gather(-1, chosen)  # (N, K) from the unbiased scores",
                     "g = (scores + bias.float()).gather(-1, chosen)"),
     "keeps_remainder": ("replay_epoch", "n_batches = n_local // n_fresh", "n_batches = -(-n_local // n_fresh)"),
