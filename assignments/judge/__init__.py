@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-PORTED = ("a1_mla", "a2_moe_routing", "a3_grpo", "a4_efficient_training")
+PORTED = ("a1_mla", "a2_moe_routing", "a3_grpo", "a4_efficient_training", "a5_adapting")
 
 
 def lab(assignment: str):
