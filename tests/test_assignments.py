@@ -3,8 +3,8 @@
 One batch of a1 submissions (reference, release, an empty notebook, partial, cheats, and every attack of issue 17
 on the grader) is graded once by ``grade.py``; the tests below read its results and check that each attack earns
 nothing, changes nothing outside its staging folder, leaks nothing into autograded/ or feedback/, and does not hurt
-its neighbour. a2 is checked for full marks and zero (a4: tests/test_judge_a4.py); a3 has no judge yet and is
-refused by name.
+its neighbour. a2 is checked for full marks and zero (a3, a4, a5: tests/test_judge_a*.py); a lab without a judge
+module is refused by name.
 Slow: a few minutes in all; skipped without bubblewrap.
 """
 
