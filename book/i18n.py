@@ -62,6 +62,8 @@ def sphinx_overrides(book: Path, builder: str, language: str | None) -> dict:
         # The catalogs are compiled into _build (Sphinx writes each .mo beside its .po), never into the sources.
         overrides["locale_dirs"] = [str(build / "locales")]
         overrides["html_search_options"] = {"dict": str(build / "search-dictionary.txt")}
+        # myst-nb writes cell outputs beside the output folder: keep them out of the English site's folder.
+        overrides["nb_output_folder"] = str(build / f"jupyter_execute-{language}")
     return overrides
 
 

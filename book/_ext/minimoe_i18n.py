@@ -23,6 +23,7 @@ from gettext import translation
 from pathlib import Path
 
 from docutils import nodes
+from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.config import Config
 from sphinx.util import logging
@@ -88,7 +89,7 @@ def traditional_catalogs(app: Sphinx, config: Config) -> None:
 def add_switch_template(app: Sphinx, config: Config) -> None:
     config.templates_path = [*config.templates_path, str(TEMPLATES)]
     options = config.html_theme_options
-    options["article_header_end"] = ["minimoe-language-switch.html", "article-header-buttons.html"]
+    options["article_header_end"] = ["minimoe-language-switch.html"]  # it includes the theme's buttons
 
 
 def language_switch(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
@@ -116,10 +117,31 @@ def in_code_output(node: nodes.Node) -> bool:
     return False
 
 
+def translate_toc_captions(app: Sphinx, doctree: nodes.document) -> list[tuple[int, str]]:
+    """The part captions of the site's toctrees ("Part I: Attention"), which sphinx-external-toc inserts after
+    Sphinx's translation transform has run; returns those the page's catalog lacks."""
+    from sphinx.locale import init as catalog_for
+    from sphinx.util.i18n import docname_to_domain
+
+    toctrees = [t for t in doctree.findall(addnodes.toctree) if t.get("caption")]
+    if not toctrees:
+        return []
+    dirs = [str(Path(app.srcdir, d)) for d in app.config.locale_dirs]
+    domain = docname_to_domain(app.env.docname, app.config.gettext_compact)
+    catalog, _ = catalog_for(dirs, app.config.language, domain)
+    missing = []
+    for toctree in toctrees:
+        translated = catalog.gettext(toctree["caption"])
+        if translated == toctree["caption"]:
+            missing.append((toctree.line or 0, toctree["caption"]))
+        toctree["caption"] = translated
+    return missing
+
+
 def record_untranslated(app: Sphinx, doctree: nodes.document) -> None:
     if not is_chinese(app.config):
         return
-    found = []
+    found = translate_toc_captions(app, doctree)
     for node in doctree.findall(nodes.Element):
         if node.get("translated") is False and not in_code_output(node):
             text = (node.get("rawsource") or getattr(node, "rawsource", "") or node.astext()).strip()
