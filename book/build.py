@@ -208,7 +208,16 @@ def executed_since(book: Path, since: dt.datetime) -> list[str]:
 
 def build_chinese(book: Path, allow_untranslated: bool) -> int:
     """The 繁體中文 edition into `_build/html/zh-hant`, from the English edition's executed notebooks."""
-    from i18n import LANGUAGE, PREFIX, catalog_problems, prepare_locales, sphinx_command, summarise
+    from i18n import (
+        LANGUAGE,
+        PREFIX,
+        catalog_problems,
+        edition_build,
+        prepare_locales,
+        publish,
+        sphinx_command,
+        summarise,
+    )
 
     print(f"\n繁體中文 edition ({LANGUAGE}) into {PREFIX}/", flush=True)
     problems = catalog_problems(book)
@@ -217,7 +226,9 @@ def build_chinese(book: Path, allow_untranslated: bool) -> int:
     env = dict(os.environ, IPYTHONDIR=str(kernel_profile(book)))
     if allow_untranslated:
         env["MINIMOE_ALLOW_UNTRANSLATED"] = "1"
-    returncode, _ = stream(sphinx_command(book, "html", book / "_build" / "html" / PREFIX, LANGUAGE), env)
+    returncode, _ = stream(sphinx_command(book, "html", edition_build(book), LANGUAGE), env)
+    if (edition_build(book) / "index.html").exists():
+        publish(book)
     again = executed_since(book, since)
     if again:
         print(f"\nThe 繁體中文 edition executed {', '.join(again)} again: its chapters must come from the "

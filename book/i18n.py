@@ -62,8 +62,6 @@ def sphinx_overrides(book: Path, builder: str, language: str | None) -> dict:
         # The catalogs are compiled into _build (Sphinx writes each .mo beside its .po), never into the sources.
         overrides["locale_dirs"] = [str(build / "locales")]
         overrides["html_search_options"] = {"dict": str(build / "search-dictionary.txt")}
-        # myst-nb writes cell outputs beside the output folder: keep them out of the English site's folder.
-        overrides["nb_output_folder"] = str(build / f"jupyter_execute-{language}")
     return overrides
 
 
@@ -85,6 +83,21 @@ def sphinx_command(book: Path, builder: str, outdir: Path, language: str | None)
     cmd = [sys.executable, str(Path(__file__).resolve()), "sphinx", "--book", str(book), "--builder", builder,
            "--out", str(outdir)]
     return cmd + (["--language", language] if language else [])
+
+
+def edition_build(book: Path) -> Path:
+    """Where Sphinx builds the edition. Not inside the English site: myst-nb writes cell outputs into the output
+    folder's parent (`jupyter_execute`), so build.py copies the finished pages into `_build/html/zh-hant`."""
+    return book / "_build" / LANGUAGE / "html"
+
+
+def publish(book: Path) -> Path:
+    """Copy the edition's pages into the site, under PREFIX."""
+    target = book / "_build" / "html" / PREFIX
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(edition_build(book), target)
+    return target
 
 
 def prepare_locales(book: Path) -> None:
