@@ -20,6 +20,7 @@ command line passes no `language` to Sphinx (jupyter-book #1791), its Python API
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import shutil
 import subprocess
@@ -158,6 +159,29 @@ def write_search_dictionary(book: Path, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# ------------------------------------------------------------------------------------------ Traditional only
+
+
+# Characters that every OpenCC Traditional standard converts, yet which are Traditional in the sense the
+# translations use them (reviewed): 里 (the unit of distance, 公里), 干 (若干, 干擾).
+TRADITIONAL_TOO = set("里干")
+
+
+def simplified_only(text: str) -> set[str]:
+    """The characters of `text` that no Traditional standard of OpenCC keeps: OpenCC's own (s2t), Hong Kong's
+    (s2hk) and Taiwan's (s2tw) each convert them. (One standard alone flags variants: s2t writes 羣 for 群, s2hk
+    閲 for 閱.)"""
+    return {char for char in set(text) if CJK.match(char) and char not in TRADITIONAL_TOO
+            and all(standard.convert(char) != char for standard in traditional_standards())}
+
+
+@functools.cache
+def traditional_standards():
+    import opencc
+
+    return [opencc.OpenCC(config) for config in ("s2t", "s2hk", "s2tw")]
 
 
 # ------------------------------------------------------------------------------------------ the catalogs

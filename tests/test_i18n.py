@@ -145,29 +145,9 @@ def test_glossary_terms_are_rendered_by_their_glossary_translation():
     assert not bad, "\n".join(bad[:40]) + (f"\n… {len(bad) - 40} more" if len(bad) > 40 else "")
 
 
-# Characters that every OpenCC Traditional standard converts, yet which are Traditional in the sense the
-# translations use them (reviewed): 里 (the unit of distance, 公里), 干 (若干, 干擾).
-TRADITIONAL_TOO = set("里干")
-
-
-def simplified_only(text: str) -> set[str]:
-    """The characters of `text` that no Traditional standard of OpenCC keeps: OpenCC's own (s2t), Hong Kong's
-    (s2hk) and Taiwan's (s2tw) each convert them. (One standard alone flags variants: s2t writes 羣 for 群, s2hk
-    閲 for 閱.)"""
-    return {char for char in set(text) if i18n().CJK.match(char) and char not in TRADITIONAL_TOO
-            and all(standard.convert(char) != char for standard in traditional_standards())}
-
-
-@cache
-def traditional_standards():
-    import opencc
-
-    return [opencc.OpenCC(config) for config in ("s2t", "s2hk", "s2tw")]
-
-
 def test_no_simplified_only_characters():
     bad = [f"{catalog}: {''.join(sorted(chars))} in {chinese[:60]!r}" for catalog, _, chinese in translated()
-           if (chars := simplified_only(chinese))]
+           if (chars := i18n().simplified_only(chinese))]
     assert not bad, "\n".join(sorted(bad)[:40])
 
 
@@ -201,7 +181,7 @@ def test_spans_and_glossary_checks_catch_a_bad_translation():
     assert differ == {"maths", "citations", "numbers"}
     assert glossary_misses(english, faithful) == []
     assert is_display_maths(r"f_i = \frac{N_r}{K_r T} \sum_t \mathbb{1}(\text{token } t \text{ selects } i)")
-    assert simplified_only(faithful) == set() and simplified_only("数据与软件") == set("数据与软")
+    assert i18n().simplified_only(faithful) == set() and i18n().simplified_only("数据与软件") == set("数据与软")
     assert glossary_misses(english, careless) == ["'KV cache' should be 鍵值快取"]
 
 
