@@ -161,6 +161,13 @@ def merge(app: Sphinx, env, docnames, other) -> None:
     env.minimoe_untranslated = mine
 
 
+def where(env, docname: str, line: int) -> str:
+    """"line 12", or for a notebook "cell 3, line 2" (myst-nb numbers a notebook's lines cell * 10000 + line)."""
+    if str(env.doc2path(docname)).endswith(".ipynb") and line >= 10_000:
+        return f"cell {line // 10_000}, line {line % 10_000}"
+    return f"line {line}"
+
+
 def report_untranslated(app: Sphinx, env) -> None:
     """One warning per page with untranslated messages, on every build (cached pages too); a line of the log
     instead under `build.py --allow-untranslated`."""
@@ -169,7 +176,7 @@ def report_untranslated(app: Sphinx, env) -> None:
     for docname, found in sorted(getattr(env, "minimoe_untranslated", {}).items()):
         if not found or docname not in env.found_docs:
             continue
-        shown = "; ".join(f"line {line}: {text[:80]!r}" for line, text in found[:3])
+        shown = "; ".join(f"{where(env, docname, line)}: {text[:80]!r}" for line, text in found[:3])
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         report(
             f"{len(found)} messages have no translation in {Path(locales).name}/{app.config.language}/"
