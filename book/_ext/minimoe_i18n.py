@@ -138,12 +138,29 @@ def translate_toc_captions(app: Sphinx, doctree: nodes.document) -> list[tuple[i
     return missing
 
 
+def has_catalog(app: Sphinx) -> bool:
+    """Whether the page being read has a catalog (Sphinx's Locale transform skips a page without one, marking
+    nothing: a new chapter nobody has run `make translations` for)."""
+    from sphinx.locale import init as catalog_for
+    from sphinx.util.i18n import docname_to_domain
+
+    dirs = [str(Path(app.srcdir, d)) for d in app.config.locale_dirs]
+    domain = docname_to_domain(app.env.docname, app.config.gettext_compact)
+    return catalog_for(dirs, app.config.language, domain)[1]
+
+
 def record_untranslated(app: Sphinx, doctree: nodes.document) -> None:
     if not is_chinese(app.config):
         return
     found = translate_toc_captions(app, doctree)
-    for node in doctree.findall(nodes.Element):
-        if node.get("translated") is False and not in_code_output(node):
+    if has_catalog(app):
+        untranslated = (node for node in doctree.findall(nodes.Element) if node.get("translated") is False)
+    else:
+        from sphinx.util.nodes import extract_messages
+
+        untranslated = (node for node, _ in extract_messages(doctree))
+    for node in untranslated:
+        if not in_code_output(node):
             text = (node.get("rawsource") or getattr(node, "rawsource", "") or node.astext()).strip()
             found.append((node.line or 0, " ".join(text.split())))
     untranslated = getattr(app.env, "minimoe_untranslated", {})
