@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # when it is unavailable, `torch>=2.4` resolves as usual. The pin lives here, never in pyproject.toml.
 TORCH_PREFERRED ?= torch==2.13.0
 
-.PHONY: hub hub-deps help install test test-fast book lab bench clean browser-deps grading-deps repository
+.PHONY: hub hub-deps help install test test-fast book lab bench clean browser-deps grading-deps repository translations
 
 help:
 	@echo "make book   execute every chapter and build the site into book/_build/html"
@@ -50,6 +50,11 @@ test-fast: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/python book/build.py
+
+# After an edit to English prose: re-extract the messages and update the 繁體中文 catalogs in book/locales (new
+# messages empty, changed ones fuzzy), then list what needs translating (docs/translation.md).
+translations: $(STAMP)
+	$(BIN)/python book/i18n.py translations
 
 # The browser tests drive Debian's chromium with Playwright (from the dev extra), and check the 繁體中文 glossary as
 # rendered text, which needs a CJK font. Install both with apt when either is missing and apt-get is usable (root);

@@ -1,4 +1,4 @@
-"""Build the course site: execute every chapter and write the HTML book to book/_build/html.
+"""Build the course site: execute every chapter and write both editions of the book to book/_build/html.
 
 Called by `make book`. The steps:
 
@@ -8,12 +8,16 @@ Called by `make book`. The steps:
 3. `jupyter-book build book -W -n --keep-going`: every warning and every cell error fails the build;
    notebook outputs are cached in `book/_build/.jupyter_cache`, so a rebuild re-executes only the chapters
    that changed;
-4. write `minimoe-notebooks.zip` next to the site's index.html: every chapter as an executed notebook (today's
+4. the 繁體中文 edition into `book/_build/html/zh-hant` (book/i18n.py): Sphinx with `language = "zh_HK"` and
+   the catalogs of `book/locales`, reading the executed notebooks from the same jupyter-cache, so no chapter
+   executes twice (the build checks that none did). It fails on any untranslated or fuzzy message, naming the
+   catalog and the message (`--allow-untranslated` lists them and builds anyway, English standing in);
+5. write `minimoe-notebooks.zip` next to the site's index.html: every chapter as an executed notebook (today's
    text, the outputs of this build, no execution metadata), with a first cell that installs `minimoe` where it
    is missing, and a README;
-5. print how long each chapter took to execute (from the jupyter-cache records) and how to open the site.
+6. print how long each chapter took to execute (from the jupyter-cache records) and how to open the site.
 
-Usage: `python book/build.py [--book DIR]`.
+Usage: `python book/build.py [--book DIR] [--allow-untranslated]`.
 """
 
 from __future__ import annotations
@@ -163,16 +167,9 @@ class LogFilter:
         return (held or "") + line
 
 
-def run_jupyter_book(book: Path) -> tuple[int, set[str]]:
-    """Run `jupyter-book build BOOK -W -n --keep-going` with the jupyter-book beside this Python.
-
-    Returns its exit status and the names of the notebooks whose execution failed (read from its log, which
-    is passed through as it comes, less the lines `LogFilter` drops).
-    """
-    exe = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(book), "-W", "-n", "--keep-going"]
-    print("$ " + " ".join(cmd), flush=True)
-    env = dict(os.environ, IPYTHONDIR=str(kernel_profile(book)))
+def stream(cmd: list[str], env: dict) -> tuple[int, set[str]]:
+    """Run `cmd`, passing its log through (less the lines `LogFilter` drops); its exit status and the names of
+    the notebooks whose execution failed."""
     failed = set()
     keep = LogFilter()
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -185,6 +182,66 @@ def run_jupyter_book(book: Path) -> tuple[int, set[str]]:
     if keep.pending_border:
         sys.stdout.write(keep.pending_border)
     return proc.returncode, failed
+
+
+def run_jupyter_book(book: Path) -> tuple[int, set[str]]:
+    """Run `jupyter-book build BOOK -W -n --keep-going` with the jupyter-book beside this Python.
+
+    Returns its exit status and the names of the notebooks whose execution failed (read from its log, which
+    is passed through as it comes, less the lines `LogFilter` drops).
+    """
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(book), "-W", "-n", "--keep-going"]
+    print("$ " + " ".join(cmd), flush=True)
+    return stream(cmd, dict(os.environ, IPYTHONDIR=str(kernel_profile(book))))
+
+
+def executed_since(book: Path, since: dt.datetime) -> list[str]:
+    """The chapters whose jupyter-cache record was written after `since` (naive UTC)."""
+    from jupyter_cache import get_cache
+
+    cache_dir = book / "_build" / ".jupyter_cache"
+    if not cache_dir.exists():
+        return []
+    return sorted(Path(r.uri).stem for r in get_cache(cache_dir).list_cache_records() if r.created >= since)
+
+
+def build_chinese(book: Path, allow_untranslated: bool) -> int:
+    """The 繁體中文 edition into `_build/html/zh-hant`, from the English edition's executed notebooks."""
+    from i18n import (
+        LANGUAGE,
+        PREFIX,
+        catalog_problems,
+        edition_build,
+        prepare_locales,
+        publish,
+        sphinx_command,
+        summarise,
+    )
+
+    print(f"\n繁體中文 edition ({LANGUAGE}) into {PREFIX}/", flush=True)
+    problems = catalog_problems(book)
+    prepare_locales(book)
+    since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    env = dict(os.environ, IPYTHONDIR=str(kernel_profile(book)))
+    if allow_untranslated:
+        env["MINIMOE_ALLOW_UNTRANSLATED"] = "1"
+    returncode, _ = stream(sphinx_command(book, "html", edition_build(book), LANGUAGE), env)
+    if (edition_build(book) / "index.html").exists():
+        publish(book)
+    again = executed_since(book, since)
+    if again:
+        print(f"\nThe 繁體中文 edition executed {', '.join(again)} again: its chapters must come from the "
+              "English edition's jupyter-cache", file=sys.stderr)
+        returncode = returncode or 1
+    if problems:
+        print(f"\n{len(problems)} messages of the 繁體中文 edition are untranslated or fuzzy (translate them in "
+              f"these catalogs; docs/translation.md):\n{summarise(problems)}", file=sys.stderr)
+        if not allow_untranslated:
+            returncode = returncode or 1
+    if returncode != 0:
+        print(f"\nThe 繁體中文 edition FAILED (exit {returncode}).", file=sys.stderr)
+    return returncode
 
 
 def chapter_timings(book: Path, since: dt.datetime, failed: set[str]) -> list[tuple[str, float | None, str]]:
@@ -304,16 +361,19 @@ def print_report(rows: list[tuple[str, float | None, str]], wall_s: float, html:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--book", type=Path, default=BOOK, help="the book folder (default: this script's)")
-    book = parser.parse_args(argv).book.resolve()
+    parser.add_argument("--allow-untranslated", action="store_true",
+                        help="build the 繁體中文 edition even where messages lack a translation (English stands in)")
+    args = parser.parse_args(argv)
+    book = args.book.resolve()
     (book / "_build").mkdir(exist_ok=True)
     with open(book / "_build" / ".build.lock", "w") as lock:
         # Two builds of one book at once would corrupt the execution cache: the second waits for the first, then
         # finds the chapters cached.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return build(book)
+        return build(book, args.allow_untranslated)
 
 
-def build(book: Path) -> int:
+def build(book: Path, allow_untranslated: bool = False) -> int:
     start_wall = time.monotonic()
     # jupyter-cache stamps records in naive UTC.
     since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -329,6 +389,7 @@ def build(book: Path) -> int:
         archive = write_archive(book, html)
         print(f"\nThe chapters as executed notebooks: {archive}" if archive else
               "\nNo notebook archive: a chapter has no cached execution")
+        returncode = build_chinese(book, allow_untranslated)
     print_report(chapter_timings(book, since, failed), time.monotonic() - start_wall, html_shown)
     if returncode != 0:
         logs = sorted((html / "reports").glob("**/*.err.log")) if (html / "reports").exists() else []

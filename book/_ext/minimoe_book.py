@@ -40,6 +40,7 @@ import html
 import json
 import re
 import struct
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,10 @@ from pybtex.style.sorting.author_year_title import SortingStyle as AuthorYearTit
 from pybtex.style.template import field, href, join, optional, sentence
 from sphinx.application import Sphinx
 from sphinx.config import Config
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # tests load this file on its own
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from minimoe_i18n import ui  # the 繁體中文 edition's interface strings; beside this file)
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = "minimoe-notebooks.zip"  # written next to index.html by book/build.py
@@ -100,8 +105,8 @@ def footer_with_version(app: Sphinx, pagename: str, templatename: str, context: 
     cite = pathto("intro") + "#how-to-cite" if pathto else "#"
     extra = context.get("theme_extra_footer") or ""
     context["theme_extra_footer"] = (
-        f'{extra}<p class="minimoe-version">minimoe {html.escape(app.config.release)} · MIT licence · '
-        f'<a href="{cite}">How to cite</a></p>'
+        f'{extra}<p class="minimoe-version">minimoe {html.escape(app.config.release)} · {ui(app, "MIT licence")} · '
+        f'<a href="{cite}">{ui(app, "How to cite")}</a></p>'
     )
 
 
@@ -223,26 +228,29 @@ def describe_figures(app: Sphinx, doctree: nodes.document, docname: str) -> None
         candidates = [Path(app.srcdir) / path, Path(app.srcdir) / Path(docname).parent / path, Path(uri)]
         description = next((d for d in map(png_description, candidates) if d), None)
         if description:
-            image["alt"] = f"Figure: {description}"
+            image["alt"] = ui(app, "Figure: {description}").format(description=description)
         else:
             title = section_title(image)
-            image["alt"] = f"A figure of the section “{title}”" if title else "A figure drawn by the chapter's code"
+            image["alt"] = (ui(app, "A figure of the section “{title}”").format(title=title) if title
+                            else ui(app, "A figure drawn by the chapter's code"))
 
 
 # ------------------------------------------------------------------------------------------- explorers
 
 
-def live_note(docname: str, launchable: bool) -> nodes.raw:
-    up = "../" * docname.count("/")
-    launch = (" or launch it with the buttons at the top of this page (Binder, Colab or your JupyterHub)"
+def live_note(app: Sphinx, docname: str, launchable: bool) -> nodes.raw:
+    # The one notebooks archive sits at the site's root, above the 繁體中文 edition's folder.
+    up = "../" * (docname.count("/") + (1 if (app.config.language or "en").startswith("zh") else 0))
+    launch = (ui(app, " or launch it with the buttons at the top of this page (Binder, Colab or your JupyterHub)")
               if launchable else "")
+    body = ui(app, "Its figure redraws only when a Python kernel runs it. In this static page the controls are "
+                   "frozen at their first setting and the figure below is that setting's. To move them, open the "
+                   "chapter in JupyterLab (<code>make lab</code> in the repository), download <a href=\"{archive}\">"
+                   "all the chapters as notebooks</a>{launch}.")
     text = (
         '<div class="admonition note minimoe-live-note" role="note">'
-        '<p class="admonition-title">This explorer runs live in JupyterLab</p>'
-        "<p>Its figure redraws only when a Python kernel runs it. In this static page the controls are frozen at "
-        "their first setting and the figure below is that setting's. To move them, open the chapter in "
-        "JupyterLab (<code>make lab</code> in the repository), download "
-        f'<a href="{up}{ARCHIVE}">all the chapters as notebooks</a>{launch}.</p></div>'
+        f'<p class="admonition-title">{ui(app, "This explorer runs live in JupyterLab")}</p>'
+        f"<p>{body.format(archive=up + ARCHIVE, launch=launch)}</p></div>"
     )
     return nodes.raw("", text, format="html")
 
@@ -260,7 +268,7 @@ def note_live_explorers(app: Sphinx, doctree: nodes.document, docname: str) -> N
             anchor = anchor.parent
         if anchor.parent is None:
             anchor = raw
-        anchor.parent.insert(anchor.parent.index(anchor), live_note(docname, launchable))
+        anchor.parent.insert(anchor.parent.index(anchor), live_note(app, docname, launchable))
 
 
 def markdown_to_html(text: str) -> str:
@@ -269,7 +277,7 @@ def markdown_to_html(text: str) -> str:
     return MarkdownIt("commonmark").enable("table").render(text)
 
 
-def freeze_widget_state(state: dict) -> dict:
+def freeze_widget_state(state: dict, translate=lambda message: message) -> dict:
     """Controls disabled (nothing behind them in a static page); Markdown outputs given an HTML twin."""
     for model in state.get("state", {}).values():
         name, values = model.get("model_name", ""), model.get("state", {})
@@ -288,7 +296,8 @@ def freeze_widget_state(state: dict) -> dict:
                     description = png_description(base64.b64decode(png))
                 except ValueError:
                     description = None
-                alt = html.escape(f"Figure: {description}" if description else "Figure drawn by the explorer")
+                alt = html.escape(translate("Figure: {description}").format(description=description) if description
+                                  else translate("Figure drawn by the explorer"))
                 data["text/html"] = f'<img src="data:image/png;base64,{png}" alt="{alt}" />'
     return state
 
@@ -298,7 +307,7 @@ def freeze_widgets(app: Sphinx, pagename: str, templatename: str, context: dict,
         attributes = getattr(script, "attributes", {})
         if attributes.get("type") != WIDGET_STATE or not attributes.get("body"):
             continue
-        state = freeze_widget_state(json.loads(attributes["body"]))
+        state = freeze_widget_state(json.loads(attributes["body"]), lambda message: ui(app, message))
         attributes["body"] = json.dumps(state).replace("</", "<\\/")
 
 
