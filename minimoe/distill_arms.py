@@ -42,8 +42,8 @@ from minimoe.rl import demo
 from minimoe.tasks.tokenizer import CharTokenizer
 from minimoe.train import TrainConfig, train
 
-__all__ = ["ARMS", "ArmsConfig", "SeedResult", "paired_difference", "run_seed", "student_base", "t_quantile",
-           "train_teacher"]
+__all__ = ["ARMS", "ArmsConfig", "SeedResult", "paired_difference", "run_arms", "run_rl", "run_seed", "sample_traces",
+           "student_base", "t_quantile", "train_teacher"]
 
 ARMS = ("rl", "traces", "logits")
 """(a) GRPO on the student, (b) SFT on the teacher's filtered traces (R1's recipe), (c) logit distillation."""
@@ -159,10 +159,17 @@ def run_logits(student: nn.Module, teacher_logits: torch.Tensor, traces: Traces,
 
 
 def run_seed(teacher: nn.Module, seed: int, cfg: ArmsConfig) -> SeedResult:
-    """One seed: the student base, the teacher's traces, the three arms from copies of the base, each evaluated
-    greedily on ``cfg.eval_n`` held-out problems."""
+    """One seed: the student base (``student_base``), the teacher's traces (``sample_traces``), then ``run_arms``."""
     base, base_cpu = cpu_seconds(lambda: student_base(seed, cfg))
     traces, trace_cpu = cpu_seconds(lambda: sample_traces(teacher, seed, cfg))
+    return run_arms(teacher, base, traces, seed, cfg, base_cpu=base_cpu, trace_cpu=trace_cpu)
+
+
+def run_arms(teacher: nn.Module, base: nn.Module, traces: Traces, seed: int, cfg: ArmsConfig, *,
+             base_cpu: float, trace_cpu: float) -> SeedResult:
+    """The three arms, each from a copy of ``base`` (left untouched), each evaluated greedily on ``cfg.eval_n``
+    held-out problems; ``trace_cpu`` (the teacher's sampling) is charged to (b) and (c), and the teacher's forward
+    pass over the traces to (c)."""
     with torch.no_grad():
         teacher_logits, logits_cpu = cpu_seconds(lambda: teacher.eval()(traces.inputs).logits)  # (N, L, V)
     result = SeedResult(seed, _accuracy(base, cfg), base_cpu, len(traces.inputs), traces.n_sampled, trace_cpu)
