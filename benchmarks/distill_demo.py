@@ -46,7 +46,8 @@ def _seed(args: tuple) -> dict:
     torch.set_num_threads(threads)
     r = run_seed(teacher, seed, cfg)
     return {"seed": seed, "base": r.base, "base_cpu": r.base_cpu, "kept": r.kept, "sampled": r.sampled,
-            "trace_cpu": r.trace_cpu, "accuracy": r.accuracy, "cpu": r.cpu, "steps": r.steps}
+            "trace_cpu": r.trace_cpu, "accuracy": r.accuracy, "cpu": r.cpu, "steps": r.steps,
+            "rl_start_sampled": r.rl_start_sampled}
 
 
 def mean_sd(values: list[float]) -> str:
@@ -104,9 +105,11 @@ def main() -> None:
     for arm in ARMS:
         cpu = statistics.mean(r["cpu"][arm] for r in results)
         print(f"  student {arm:6s} {mean_sd([r['accuracy'][arm] for r in results])}, {cpu:.1f} CPU s")
-    below = [r["seed"] for r in results if r["accuracy"]["rl"] < r["base"]]
-    print(f"RL ended below its starting accuracy on {len(below)} of {len(results)} seeds"
-          + (f" ({below})" if below else ""))
+    below = [r for r in results if r["accuracy"]["rl"] < r["base"]]
+    print(f"RL ended below its starting accuracy on {len(below)} of {len(results)} seeds" + "".join(
+        f"; seed {r['seed']}: {r['base']:.1%} -> {r['accuracy']['rl']:.1%} "
+        f"({round((r['base'] - r['accuracy']['rl']) * cfg.eval_n)} of {cfg.eval_n} problems), its samples right "
+        f"{r['rl_start_sampled']:.1%} of the time in the first 5 steps" for r in below))
     print("paired differences (same base per seed):")
     for a, b in combinations(ARMS, 2):
         print(compare(results, b, a))

@@ -65,6 +65,8 @@ class ArmsConfig:
     """GRPO steps of arm (a) (64 completions each, chapter 7's settings but ``rl_lr``)."""
     rl_lr: float = 5e-5
     """Peak learning rate of arm (a); chapter 7's 3e-4 collapses the student (see the module docstring)."""
+    rl_beta: float = 0.04
+    """β of arm (a)'s KL to the student base (DeepSeekMath §4.2's value; chapter 7 uses 0)."""
     sft_steps: int = 400
     """SFT steps of arm (b), batch 32."""
     sft_lr: float = 3e-3
@@ -82,6 +84,8 @@ class ArmsConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        if not (isinstance(self.rl_beta, (int, float)) and math.isfinite(self.rl_beta) and self.rl_beta >= 0):
+            raise ValueError(f"rl_beta ({self.rl_beta!r}) must be a number >= 0")
         for name in ("rl_lr", "sft_lr", "kd_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -103,6 +107,8 @@ class SeedResult:
     cpu: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     rl_history: History | None = None
+    rl_start_sampled: float = 0.0
+    """Arm (a)'s sampled accuracy over its first 5 steps: how often the base stumbles on a right answer."""
     students: dict[str, nn.Module] = field(default_factory=dict)
 
 
@@ -132,9 +138,10 @@ def _rows(inputs: torch.Tensor, targets: torch.Tensor, batch: int, generator: to
 
 
 def run_rl(student: nn.Module, seed: int, cfg: ArmsConfig, **overrides: Any) -> History:
-    """Arm (a): chapter 7's GRPO trainer on the student, ``cfg.rl_steps`` steps at ``cfg.rl_lr`` (``overrides``
-    replace any GRPOConfig field, e.g. ``lr=3e-4`` for chapter 7's own rate); returns the trainer's history."""
-    settings = {"steps": cfg.rl_steps, "lr": cfg.rl_lr, **overrides}
+    """Arm (a): chapter 7's GRPO trainer on the student, ``cfg.rl_steps`` steps at ``cfg.rl_lr`` with KL weight
+    ``cfg.rl_beta`` (``overrides`` replace any GRPOConfig field, e.g. ``lr=3e-4, beta=0`` for chapter 7's recipe);
+    returns the trainer's history."""
+    settings = {"steps": cfg.rl_steps, "lr": cfg.rl_lr, "beta": cfg.rl_beta, **overrides}
     return demo.make_trainer(student, seed=seed, progress=False, **settings).train()
 
 
@@ -181,6 +188,7 @@ def run_arms(teacher: nn.Module, base: nn.Module, traces: Traces, seed: int, cfg
         history, cpu = cpu_seconds(lambda run=run, student=student: run(student))
         if arm == "rl":
             result.rl_history = history
+            result.rl_start_sampled = statistics.mean(history.accuracy[:5])
         result.accuracy[arm], result.cpu[arm] = _accuracy(student, cfg), cpu + charged
         result.steps[arm], result.students[arm] = len(history.step), student
     return result
