@@ -176,7 +176,8 @@ def test_arms_config_rejects_bad_settings():
 def test_chapter_8_is_the_benchmarks_seed_0():
     """Chapter 8 runs minimoe.distill_arms with the benchmark's own settings (ArmsConfig() unchanged, seed 0, one of
     the benchmark's default seeds), and its prose types in no measured percentage: every percentage or point count
-    in its Markdown is a published figure that book/sources.md lists with its source."""
+    in its Markdown is a published figure that book/sources.md lists with its source (the benchmark's own numbers,
+    which sources.md also quotes, do not count)."""
     import ast
     import json
     import re
@@ -187,14 +188,15 @@ def test_chapter_8_is_the_benchmarks_seed_0():
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "CFG, SEED = ArmsConfig(), 0" in code and "run_arms(teacher, base, traces, SEED, CFG" in code
     bench = ast.parse((root / "benchmarks/distill_demo.py").read_text(encoding="utf-8"))
-    defaults = {ast.unparse(k.value): ast.unparse(n.value) for n in ast.walk(bench) if isinstance(n, ast.Call)
-                for k in n.keywords if k.arg == "default" and isinstance(n.func, ast.Attribute)
-                and n.func.attr == "add_argument" and ast.unparse(n.args[0]) == "'--seeds'"}
-    assert "list(range(8))" in defaults, defaults
+    seeds = [k.value for n in ast.walk(bench) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr == "add_argument" and n.args and ast.literal_eval(n.args[0]) == "--seeds"
+             for k in n.keywords if k.arg == "default"]
+    assert len(seeds) == 1 and 0 in eval(ast.unparse(seeds[0])), "the chapter's seed is one of the benchmark's"
     assert "cfg = QUICK if args.quick else ArmsConfig()" in ast.unparse(bench)
     prose = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-    sources = (root / "book/sources.md").read_text(encoding="utf-8")
-    quoted = re.findall(r"(\d+(?:\.\d+)?)\s*(?:%|points)", prose)
+    sources = "\n".join(line for line in (root / "book/sources.md").read_text(encoding="utf-8").splitlines()
+                        if "distill_demo" not in line)  # the papers' figures, not the benchmark's
+    quoted = re.findall(r"(\d+(?:\.\d+)?)\s*(?:%|points)(?! ?t-interval| ?CI)", prose)  # not "95% t-interval"
     typed = [q for q in quoted if not re.search(rf"(?<![\d.]){re.escape(q)}(?![\d])", sources)]
     assert not typed, f"chapter 8 types in numbers that no source lists: {typed}"
 
@@ -227,7 +229,8 @@ def test_distill_demo_quick():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, str(root / "benchmarks/distill_demo.py"), "--quick"], cwd=root,
+    result = subprocess.run([sys.executable, str(root / "benchmarks/distill_demo.py"), "--quick"], check=False,
+                            cwd=root,
                             env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     for words in ("RL ended below its starting accuracy on", "traces − rl:", "95% CI", "held-out accuracy: teacher"):
