@@ -72,7 +72,7 @@ class ArmsConfig:
     rl_lr: float = 5e-5
     """Peak learning rate of arm (a); chapter 7's 3e-4 collapses the student (see the module docstring)."""
     rl_beta: float = 0.04
-    """β of arm (a)'s KL to the student base (DeepSeekMath §4.2's value; chapter 7 uses 0)."""
+    """β of arm (a)'s KL to the student base (the value of DeepSeekMath §4.2; chapter 7 uses 0)."""
     sft_steps: int = 400
     """SFT steps of arm (b), batch 32."""
     sft_lr: float = 3e-3
