@@ -24,8 +24,8 @@ its defaults the old benchmark took seeds 0, 1, 2 from 46.0 / 16.5 / 24.0% held-
 are all equal, which teach nothing, rises from a half to 0.8-0.95; entropy rises slightly, the completion length
 and format stay put. Neither Dr. GRPO's unscaled advantages, a sampling temperature of 0.7 nor switching off the
 routing-bias update saved it; a lower rate did (lr 5e-5: seed 1 16.5% → 65.5% in 150 steps). At lr 5e-5 for 40
-steps, 3 of 8 seeds still ended a few problems below their start (seeds 4 and 7: 8 of 200 problems); DeepSeekMath's
-KL weight β = 0.04 (§4.2) turned both into gains (17.5 → 28.0%, 23.5 → 27.5%) and left the others' gains intact
+steps, 3 of 8 seeds still ended a few problems below their start (seeds 4 and 7: 8 of 200 problems); the KL
+weight β = 0.04 of DeepSeekMath §4.2 turned both into gains (17.5 → 28.0%, 23.5 → 27.5%) and left the others' gains intact
 (seed 1: 63.5 → 63.0%). A base that almost never samples a right answer (seed 6, 2.5% held-out, 1% of samples)
 gives GRPO nothing to reinforce: that is R1 §4.1's point, and the benchmark says so where it happens.
 """
