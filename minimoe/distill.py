@@ -33,7 +33,7 @@ from minimoe.tasks.template import format_prompt
 from minimoe.tasks.tokenizer import CharTokenizer
 
 __all__ = ["DIRECTIONS", "KDConfig", "Traces", "cpu_seconds", "distill_logits", "kd_loss", "rejection_sample",
-           "steps_for_budget", "student_config"]
+           "student_config"]
 
 DIRECTIONS = ("forward", "reverse")
 """``forward`` = KL(teacher ‖ student) (mass-covering); ``reverse`` = KL(student ‖ teacher) (mode-seeking)."""
@@ -228,13 +228,6 @@ def cpu_seconds(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.process_time()
     result = fn()
     return result, time.process_time() - start
-
-
-def steps_for_budget(budget_s: float, seconds_per_step: float, *, minimum: int = 1) -> int:
-    """How many steps of ``seconds_per_step`` fit in ``budget_s`` CPU seconds (at least ``minimum``)."""
-    if not seconds_per_step > 0:
-        raise ValueError(f"seconds_per_step ({seconds_per_step!r}) must be positive")
-    return max(minimum, int(budget_s // seconds_per_step))
 
 
 def student_config(vocab_size: int, max_position_embeddings: int = 128) -> ModelConfig:
