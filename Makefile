@@ -48,8 +48,12 @@ test: $(STAMP) browser-deps grading-deps hub-deps
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow and not browser"
 
+# The 繁體中文 edition does not yet translate chapters 8-12 and the pages edited since it was made: until it does,
+# `make book` builds it with English standing in for those messages and lists them (book/build.py); a strict build,
+# which fails on any untranslated or fuzzy message, is `make book BOOK_FLAGS=`.
+BOOK_FLAGS ?= --allow-untranslated
 book: $(STAMP)
-	$(BIN)/python book/build.py
+	$(BIN)/python book/build.py $(BOOK_FLAGS)
 
 # After an edit to English prose: re-extract the messages and update the 繁體中文 catalogs in book/locales (new
 # messages empty, changed ones fuzzy), then list what needs translating (docs/translation.md).
