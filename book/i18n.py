@@ -279,10 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sphinx":
         return sphinx(book, args.builder, args.out, args.language)
     if args.command == "translations":
-        from build import link_chapters
+        from build import link_chapters, vendor
 
         (book / "_build").mkdir(exist_ok=True)
         link_chapters(book)
+        vendor(book)  # the configuration names the vendored scripts; a missing folder is a warning, and -W fails
         update(book, extract(book))
     problems = catalog_problems(book)
     if problems:
