@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from judge.core import Failed, Item, call, check_tensor, tensors, unchanged
+from judge.core import Failed, Item, call, check_form, check_tensor, tensors, unchanged
 from judge.remote import Module
 from minimoe import distill, fp8, mtp
 
@@ -106,12 +106,7 @@ def _quantize_floor(remote, gen):
 
 def _rel_each(fn: str, got, want: torch.Tensor, tol: float) -> None:
     """Type, dtype, shape, finiteness, then every value relative to the reference's own (zeros must be zeros)."""
-    if type(got) is not torch.Tensor:
-        raise Failed(f"{fn}: wrong type (a torch.Tensor is expected)")
-    if got.dtype != want.dtype:
-        raise Failed(f"{fn}: wrong dtype")
-    if got.shape != want.shape:
-        raise Failed(f"{fn}: wrong shape")
+    check_form(fn, got, want)
     _finite(fn, got)
     if not float(((got.double() - want.double()).abs() / want.double().abs().clamp_min(1e-30)).max()) <= tol:
         raise Failed(f"{fn}: wrong value")

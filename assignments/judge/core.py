@@ -80,14 +80,19 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) if b.numel() else 0.0
 
 
-def check_tensor(fn: str, got, want: torch.Tensor, tol: float, what: str = "wrong value") -> None:
-    """Type, dtype, shape, then values of `got` against `want` (a tensor of the judge's own)."""
+def check_form(fn: str, got, want: torch.Tensor) -> None:
+    """Type, dtype and shape of `got` against `want`, in that order (the cause named first)."""
     if type(got) is not torch.Tensor:
         raise Failed(f"{fn}: wrong type (a torch.Tensor is expected)")
     if got.dtype != want.dtype:
         raise Failed(f"{fn}: wrong dtype")
     if got.shape != want.shape:
         raise Failed(f"{fn}: wrong shape")
+
+
+def check_tensor(fn: str, got, want: torch.Tensor, tol: float, what: str = "wrong value") -> None:
+    """Type, dtype, shape, then values of `got` against `want` (a tensor of the judge's own)."""
+    check_form(fn, got, want)
     if not bool(torch.isfinite(got).all()) and bool(torch.isfinite(want).all()):
         raise Failed(f"{fn}: NaN or inf in the result")
     if not rel_err(got, want) <= tol:
