@@ -18,9 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PAGES = sorted((ROOT / "book").glob("*.md"))
 CODE_LINE_LIMIT = 88
-# Chapter 8 is not yet within the page's limits (code lines over 88 characters, a 12 in figure): an expected
-# failure, strict, so the mark must go when the chapter passes.
-BEING_REWRITTEN = {"08_distillation"}
 
 
 def cells(path: Path, kind: str) -> list[str]:
@@ -33,9 +30,7 @@ def long_code_lines(path: Path) -> list[str]:
     return [line for source in cells(path, "code") for line in source.splitlines() if len(line) > CODE_LINE_LIMIT]
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
-    strict=True, reason="chapter 8 is not yet within the page's limits (51 code lines over 88 characters, a 12 in figure); remove this mark when it is")) if p.stem in BEING_REWRITTEN else p
-    for p in NOTEBOOKS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_code_lines_fit_the_page(path: Path):
     long = long_code_lines(path)
     assert not long, (f"{path.name}: {len(long)} code lines over {CODE_LINE_LIMIT} characters, e.g.\n"
@@ -120,9 +115,7 @@ def test_label_size_arithmetic():
     assert not small_labels(["fig, axes = plt.subplots(3, 1, figsize=(9, 9))\nax.legend(fontsize=9)"])
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
-    strict=True, reason="chapter 8 is not yet within the page's limits (51 code lines over 88 characters, a 12 in figure); remove this mark when it is")) if p.stem in BEING_REWRITTEN else p
-    for p in NOTEBOOKS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_figure_labels_are_readable_at_1280px(path: Path):
     """Every cell's figure, at the width the book shows it, has labels of at least 9 px."""
     found = small_labels(cells(path, "code"))
