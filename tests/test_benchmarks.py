@@ -47,3 +47,17 @@ def test_model_speed_quick():
     result = run_script("model_speed.py", "--quick")
     assert result.returncode == 0, result.stderr
     assert "prefill: minimoe takes" in result.stdout and "decode: minimoe takes" in result.stdout
+
+
+def test_book_builds_names_a_chapter_that_took_over_twice_its_median(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from book_builds import report
+
+    steady = {"00_intro": 20.0, "03_moe": 50.0}
+    stalled = {"00_intro": 20.5, "03_moe": 50.0 + 300.0}  # one cell waited out a 300 s timeout
+    assert report([(0, 600.0, steady)] * 4 + [(0, 900.0, steady)], limit=2.0) == []
+    problems = report([(0, 600.0, steady)] * 4 + [(0, 900.0, stalled)], limit=2.0)
+    assert problems == ["03_moe: 350.0 s in one build, 7.00x its median 50.0 s"]
+    assert report([(0, 600.0, steady), (1, 60.0, {"00_intro": 19.0, "03_moe": None})], limit=2.0) == [
+        "03_moe: executed in 1 of 2 builds", "build 2 failed (exit 1)"]
+    assert "worst/median" in capsys.readouterr().out
