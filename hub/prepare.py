@@ -3,7 +3,8 @@
 1. installs what the hub needs beside the course's environment: `jupyterhub` (pip, the `hub` extra) and
    `configurable-http-proxy` (npm, into hub/node_modules); when every user cannot run this environment's Python
    (a Python installed under /root, say), it builds a course environment they can run,
-   ``MINIMOE_HUB_ENV`` (default /opt/minimoe-hub/venv), from the system's python3, and says so;
+   ``MINIMOE_HUB_ENV`` (default /opt/minimoe-hub/venv), from the system's python3, and says so (one built for
+   another checkout of the repository is pointed at this one);
 2. creates nbgrader's exchange folder (``MINIMOE_EXCHANGE``, default /srv/nbgrader/exchange), writable by everyone
    as nbgrader requires (nbgrader then gives each course's ``inbound`` mode 0733 with the sticky bit: students
    write their submissions there and cannot list or read each other's);
@@ -51,8 +52,13 @@ def course_environment() -> Path:
     if not reachable_by_everyone(REPO / "minimoe" / "__init__.py"):
         raise SystemExit(f"{REPO} must be readable by every user of the hub (the course's package lives there)")
     env = Path(os.environ.get("MINIMOE_HUB_ENV", "/opt/minimoe-hub/venv"))
-    python = env / "bin" / "python"
-    if not (env / ".installed").exists():
+    python, stamp = env / "bin" / "python", env / ".installed"
+    if stamp.exists() and stamp.read_text().strip() != str(REPO):  # built for another checkout: point it here
+        print(f"{env} holds the course package of {stamp.read_text().strip() or 'another checkout'}: installing "
+              f"{REPO}'s instead", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-e", f"{REPO}[course,hub]"], check=True)
+        stamp.write_text(f"{REPO}\n")
+    if not stamp.exists():
         system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
         if system is None:
             raise SystemExit("no python3 every user can run: install Debian's python3 and python3-venv")
@@ -62,7 +68,7 @@ def course_environment() -> Path:
         pip = [str(python), "-m", "pip", "install", "--quiet"]
         subprocess.run(pip + [TORCH_PREFERRED], check=False) if TORCH_PREFERRED else None
         subprocess.run(pip + ["-e", f"{REPO}[course,hub]"], check=True)
-        (env / ".installed").touch()
+        stamp.write_text(f"{REPO}\n")  # which checkout the environment's editable install points at
     return env
 
 
