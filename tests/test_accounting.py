@@ -1,5 +1,5 @@
-"""Accounting against the published figures (DeepSeek-V2 Table 1, §3.1.2, App. B.1; DeepSeek-V3 §4.2, Table 1) and
-against the real modules."""
+"""minimoe.accounting against the published figures (DeepSeek-V2 Table 1, §3.1.2, App. B.1; DeepSeek-V3 §4.2,
+Table 1) and against the real modules, the MTP modules included."""
 
 import pytest
 import torch
@@ -9,6 +9,7 @@ from minimoe.accounting import (
     attention_flops_per_token,
     count_params,
     flops_per_token,
+    fp8_weight_scales,
     kv_cache_bytes,
     kv_cache_per_token,
     pretraining_gpu_hours,
@@ -186,3 +187,36 @@ def test_fp8_weight_scales_of_deepseek_v3_give_the_hubs_685b():
     assert count_params(cfg).checkpoint_total + fp8_weight_scales(cfg) == 684_531_386_000
     with pytest.raises(ValueError, match="block"):
         fp8_weight_scales(cfg, 0)
+
+
+# ----------------------------------------------------------------------------- the MTP modules' parameters
+def tiny(name="tiny-v3", **kw):
+    """A preset with D = 1 MTP module unless told otherwise."""
+    return ModelConfig.from_preset(name, **{"num_nextn_predict_layers": 1, **kw})
+
+
+def test_v3_mtp_module_count_and_the_hub_rounding():
+    p = count_params(ModelConfig.from_preset("deepseek-v3"))  # D = 1, as the released config
+    assert p.total == 671_026_419_200  # the main model, unchanged by MTP
+    assert p.mtp == 187_105_280 + 2 * 7168 ** 2 + (256 * 7168 + 256 + 257 * 3 * 7168 * 2048) + 5 * 7168 + 2048
+    assert p.mtp == 11_610_068_224
+    assert p.mtp_copies == 2 * 129_280 * 7168 == 1_853_358_080
+    assert p.checkpoint_total == 684_489_845_504 == p.total + 13_463_426_304
+    assert round(p.total / 1e9) == 671 and round((p.mtp + p.mtp_copies) / 1e9, 1) == 13.5
+    assert round(p.checkpoint_total / 1e9, 1) == 684.5
+    # the Hub's 685B counts every stored tensor: the parameters and the float32 weight_scale_inv block scales
+    scales = fp8_weight_scales(ModelConfig.from_preset("deepseek-v3"))
+    assert scales == 41_540_496 and p.checkpoint_total + scales == 684_531_386_000
+    assert round((p.checkpoint_total + scales) / 1e9) == 685  # rounded to the nearest billion, like 671
+    assert round((p.mtp - 2 * 7168**2) / 1e9, 1) == 11.5  # README_WEIGHTS.md's MTP module: M_1 (eh_proj) left out
+    assert count_params(ModelConfig.from_preset("deepseek-v3", num_nextn_predict_layers=0)).mtp == 0
+
+
+@pytest.mark.parametrize("name", ["tiny-dense", "tiny-v2", "tiny-v3"])
+@pytest.mark.parametrize("D", [1, 2])
+def test_count_matches_the_real_module(name, D):
+    cfg = tiny(name, num_nextn_predict_layers=D)
+    model = Transformer(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    n += sum(b.numel() for k, b in model.named_buffers() if k.endswith("router.bias"))
+    assert n == count_params(cfg).total_with_mtp

@@ -1,5 +1,4 @@
-"""minimoe.adapt: LoRA against peft on the transformers export, vocabulary extension, frozen experts, replay;
-minimoe.tasks.chinese: numerals and the checker."""
+"""minimoe.adapt: LoRA against peft on the transformers export, vocabulary extension, new experts, replay."""
 
 import pytest
 import torch
@@ -9,8 +8,6 @@ from minimoe.adapt import (LoRALinear, add_experts, add_lora, expert_shares, ext
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer
 from minimoe.optim import make_optimizer, training_step
-from minimoe.tasks.chinese import (ChineseAdditionProblem, ChineseAdditionTask, parse_chinese_numeral,
-                                   to_chinese_numeral)
 from minimoe.tasks.tokenizer import CharTokenizer
 
 R, ALPHA = 4, 8.0
@@ -329,25 +326,3 @@ def test_replay_rows_reject_bad_arguments():
         replay_rows(10, 10, 8, 1.5, generator)
     with pytest.raises(ValueError, match="n_original"):
         replay_rows(10, 0, 8, 0.5, generator)
-
-
-# --- the Chinese task --------------------------------------------------------------------------------------
-
-def test_chinese_numerals_round_trip():
-    assert [to_chinese_numeral(n) for n in (0, 10, 15, 110, 305, 345, 1050)] == [
-        "零", "十", "十五", "一百一十", "三百零五", "三百四十五", "一千零五十"]
-    assert all(parse_chinese_numeral(to_chinese_numeral(n)) == n for n in range(10000))
-    assert parse_chinese_numeral("兩百") == 200
-    assert parse_chinese_numeral("三百五") is None and parse_chinese_numeral("345") is None
-
-
-def test_chinese_questions_and_checker():
-    written = ChineseAdditionProblem(345, 120)
-    cantonese = ChineseAdditionProblem(345, 120, "cantonese")
-    assert written.question == "三百四十五加一百二十是多少？"
-    assert cantonese.question == "三百四十五加一百二十係幾多？"
-    assert written.is_correct("465") and written.is_correct("四百六十五") and not written.is_correct("四百六十")
-    task = ChineseAdditionTask(zero_digits=False)
-    problems = task.sample(50, "heldout")
-    assert all("零" not in p.question for p in problems)
-    assert {p.key for p in problems}.isdisjoint(p.key for p in task.sample(200, "train"))

@@ -1,4 +1,4 @@
-"""Transformer: shapes, causality, cache == no cache, naive == absorbed, layer structure, input errors."""
+"""minimoe.model: Transformer shapes, causality, cache == no cache, naive == absorbed, layers, bad inputs."""
 
 import pytest
 import torch

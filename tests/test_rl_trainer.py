@@ -1,111 +1,21 @@
-"""Rollouts, per-token log-probs, the GRPO trainer and the R1-Zero demo's pieces."""
+"""minimoe.rl.trainer: the GRPO trainer's settings, training, balancing, failures, checkpoints and history."""
 
 import math
-import random
-import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from _rl import TOK, Recorder, _policy, _trainer
 from minimoe.config import ModelConfig
 from minimoe.model import Transformer
 from minimoe.moe import update_selection_bias
 from minimoe.optim import lr_at
-from minimoe.rl import accuracy_reward
-from minimoe.rl.demo import addition_task, addition_trace, load_sft_policy, make_trainer, sft_examples
-from minimoe.rl.rollout import completion_logprobs, concat_rollouts, sample_groups, score_completions
-from minimoe.rl.trainer import GRPOConfig, GRPOTrainer, load_grpo_checkpoint
-from minimoe.tasks import ArithmeticTask, CharTokenizer
+from minimoe.rl import accuracy_reward, combine_rewards
+from minimoe.rl.demo import addition_task, load_sft_policy, make_trainer
+from minimoe.rl.rollout import Rollout
+from minimoe.rl.trainer import GRPO_METRICS, GRPOConfig, GRPOTrainer, _length_split, load_grpo_checkpoint, reward_term_column
+from minimoe.tasks import ArithmeticTask
 from minimoe.checkpoint import CheckpointError
-
-TOK = CharTokenizer()
-
-
-def _policy(seed=0, **changes):
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=TOK.vocab_size, max_position_embeddings=96,
-                                               **changes))
-
-
-def _prompts():
-    return [TOK.encode(q, add_bos=True) for q in ("12+5=", "7+8=", "123+456=")]
-
-
-# ---------------------------------------------------------------- rollouts
-
-def test_sample_groups_shapes_masks_and_group_layout():
-    policy = _policy()
-    rollout = sample_groups(policy, TOK, _prompts(), group_size=4, max_new_tokens=12, temperature=1.0, seed=0)
-    B = 3 * 4
-    assert rollout.prompt_ids.shape == rollout.prompt_mask.shape == (B, 9)
-    assert rollout.completion_ids.shape[0] == B and rollout.completion_ids.shape[1] <= 12
-    assert rollout.completion_mask.shape == rollout.completion_ids.shape and len(rollout.completions) == B
-    for g, prompt in enumerate(_prompts()):  # rows g·G … g·G + G − 1 share prompt g, left-padded
-        for row in range(g * 4, (g + 1) * 4):
-            assert rollout.prompt_ids[row][rollout.prompt_mask[row]].tolist() == prompt
-            assert not rollout.prompt_mask[row, :9 - len(prompt)].any()
-    for row in range(B):  # the mask covers a prefix: real tokens up to and including eos, then padding
-        n = int(rollout.lengths[row])
-        ids = rollout.completion_ids[row].tolist()
-        assert rollout.completion_mask[row, :n].eq(1).all() and rollout.completion_mask[row, n:].eq(0).all()
-        assert TOK.eos_id not in ids[:n - 1] and (n == 12 or ids[n - 1] == TOK.eos_id)
-        assert rollout.completions[row] == TOK.decode(ids[:n])
-    assert len({tuple(r.tolist()) for r in rollout.completion_ids}) > 3  # sampling at T = 1 varies
-
-
-def test_sampling_is_seeded_and_greedy_groups_agree():
-    policy = _policy()
-    a = sample_groups(policy, TOK, _prompts(), 3, 10, temperature=1.0, seed=7)
-    b = sample_groups(policy, TOK, _prompts(), 3, 10, temperature=1.0, seed=7)
-    assert torch.equal(a.completion_ids, b.completion_ids)
-    greedy = sample_groups(policy, TOK, _prompts(), 3, 10, temperature=0.0)
-    assert len(set(greedy.completions[:3])) == 1 and len(set(greedy.completions[3:6])) == 1
-    assert policy.layers[0].attn.mode == "naive"  # the latent-cache mode is restored after sampling
-
-
-def test_completion_logprobs_equal_manual_gather_of_log_softmax():
-    policy = _policy().double()
-    rollout = sample_groups(policy, TOK, _prompts(), 2, 10, temperature=1.0, seed=1)
-    logprobs, entropy, _ = score_completions(policy, rollout, temperature=0.7)
-    torch.testing.assert_close(completion_logprobs(policy, rollout.prompt_ids, rollout.prompt_mask,
-                                                   rollout.completion_ids, rollout.completion_mask,
-                                                   temperature=0.7, with_entropy=True), (logprobs, entropy))
-    assert logprobs.shape == entropy.shape == rollout.completion_ids.shape
-    for row in range(len(rollout.completions)):  # each row alone, unpadded, positions from 0
-        prompt = rollout.prompt_ids[row][rollout.prompt_mask[row]]
-        n = int(rollout.lengths[row])
-        completion = rollout.completion_ids[row, :n]
-        with torch.no_grad():
-            logits = policy(torch.cat([prompt, completion])[None]).logits[0, len(prompt) - 1:-1] / 0.7  # (n, V)
-        log_p = F.log_softmax(logits, dim=-1)
-        torch.testing.assert_close(logprobs[row, :n], log_p.gather(-1, completion[:, None]).squeeze(-1))
-        torch.testing.assert_close(entropy[row, :n], -(log_p.exp() * log_p).sum(-1))
-        assert logprobs[row, n:].eq(0).all() and entropy[row, n:].eq(0).all()
-
-
-def test_logprobs_carry_gradients_and_reject_bad_shapes():
-    policy = _policy()
-    rollout = sample_groups(policy, TOK, _prompts(), 2, 6, temperature=1.0, seed=2)
-    score_completions(policy, rollout).logprobs.sum().backward()
-    assert policy.embed.weight.grad is not None and policy.embed.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="temperature"):
-        score_completions(policy, rollout, temperature=0.0)
-    with pytest.raises(ValueError, match="completion_ids"):
-        completion_logprobs(policy, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids[:2],
-                            rollout.completion_mask[:2])
-
-
-def test_select_and_concat_groups():
-    policy = _policy()
-    rollout = sample_groups(policy, TOK, _prompts(), 2, 6, temperature=1.0, seed=3)
-    kept = rollout.select_groups(torch.tensor([True, False, True]))
-    assert kept.completions == rollout.completions[:2] + rollout.completions[4:]
-    both = concat_rollouts([kept, rollout.select_groups(torch.tensor([False, True, False]))], TOK.pad_id)
-    assert both.completions == kept.completions + rollout.completions[2:4] and both.prompt_ids.shape[0] == 6
-    with torch.no_grad():
-        torch.testing.assert_close(score_completions(policy, both).logprobs[:4].sum(-1),
-                                   score_completions(policy, kept).logprobs.sum(-1))
 
 
 # ---------------------------------------------------------------- configuration
@@ -126,37 +36,6 @@ def test_trainer_rejects_a_tokenizer_larger_than_the_model():
     policy = Transformer(ModelConfig.from_preset("tiny-v3", vocab_size=40))
     with pytest.raises(ValueError, match="vocab_size"):
         GRPOTrainer(policy, TOK, addition_task(), accuracy_reward, GRPOConfig())
-
-
-# ---------------------------------------------------------------- the demo's data
-
-def test_addition_trace_is_schoolbook_addition_and_slips_only_on_carries():
-    assert addition_trace(347, 285) == ("7+5+0=12,4+8+1=13,3+2+1=06", "632")
-    assert addition_trace(999, 1) == ("9+1+0=10,9+0+1=10,9+0+1=10", "1000")
-    assert addition_trace(347, 285, slip_prob=1.0) == ("7+5+0=12,4+8+0=12,3+2+0=05", "522")
-    with pytest.raises(ValueError, match="slip_prob"):
-        addition_trace(1, 2, slip_prob=1.5)
-    rng = random.Random(0)
-    for p in addition_task().sample(300, seed=1):
-        assert addition_trace(p.a, p.b)[1] == p.answer
-        assert addition_trace(p.a, p.b, 1.0, rng)[1] == p.answer or p.n_carries > 0
-
-
-def test_sft_examples_supervise_only_the_completion():
-    inputs, targets = sft_examples(TOK, 4, slip_prob=0.0, seed=5)
-    for row in range(4):
-        supervised = targets[row][targets[row] != -100].tolist()
-        assert supervised[-1] == TOK.eos_id
-        completion = TOK.decode(supervised)
-        assert completion.startswith("<think>") and completion.endswith("</answer>")
-        prompt = TOK.decode(inputs[row].tolist()).split("<think>")[0]
-        assert inputs[row, 0] == TOK.bos_id and re.fullmatch(r"\d{3}\+\d{3}=", prompt)
-        a, b = map(int, prompt[:-1].split("+"))
-        assert completion.endswith(f"<answer>{a + b}</answer>")  # slip_prob 0: the teacher is right
-        # next-token targets: the input shifted by one, on the completion only
-        start = len(prompt) + 1
-        assert targets[row, start - 1:start - 1 + len(supervised) - 1].tolist() == inputs[row, start:start + len(
-            supervised) - 1].tolist()
 
 
 # ---------------------------------------------------------------- training
@@ -326,39 +205,57 @@ def test_the_grpo_optimizer_comes_from_the_toolkit_with_its_betas():
     assert all(p.dim() >= 2 for p in groups[0]["params"])  # norms, biases, embeddings are not decayed
 
 
-# ---------------------------------------------------------------- the demo writes outside the package
+# ---------------------------------------------------------------- what the history records
 
-def test_the_demo_never_writes_into_the_package(tmp_path, monkeypatch):
-    from minimoe.rl import demo
-
-    monkeypatch.setenv("MINIMOE_HOME", str(tmp_path))
-    assert demo.user_checkpoint() == tmp_path / "sft_addition.pt"
-    assert demo.shipped_checkpoint().parent.name == "checkpoints"
-    shipped = demo.shipped_checkpoint().read_bytes()
-    with pytest.raises(SystemExit):
-        demo.main(["sft", "--checkpoint", str(demo.shipped_checkpoint()), "--sft-steps", "1"])
-    with pytest.raises(SystemExit):
-        demo.main(["all", "--ship"])
-    demo.main(["sft", "--sft-steps", "1", "--seed", "0"])
-    assert (tmp_path / "sft_addition.pt").exists() and demo.shipped_checkpoint().read_bytes() == shipped
-    assert demo.grpo_settings() is not demo.grpo_settings()  # a fresh dict: no module global to mutate
-    assert demo.addition_task() is not demo.addition_task()
+def test_history_has_every_column_a_practitioner_watches():
+    for name in ("reward", "accuracy", "zero_std_groups", "clip_fraction", "clip_low", "clip_high", "entropy",
+                 "response_length", "length_correct", "length_wrong", "truncated_rate", "kl", "expert_load",
+                 "max_vio", "grpo_loss", "grad_norm"):
+        assert name in GRPO_METRICS
 
 
-@pytest.mark.slow  # about a minute of CPU: the whole SFT run
-def test_the_shipped_checkpoint_is_what_the_documented_command_writes(tmp_path, monkeypatch):
-    """``python -m minimoe.rl.demo sft`` writes the shipped policy: same config, same weights (see
-    minimoe/rl/checkpoints/README.md); after a change to the model, its initialisation or the SFT recipe, regenerate
-    it with ``python -m minimoe.rl.demo sft --ship``."""
-    from minimoe.checkpoint import load_checkpoint
-    from minimoe.rl import demo
+def test_zero_std_groups_counts_groups_of_equal_rewards():
+    # Three groups of four: all equal (1s), all equal (0.1s: a float32 std of ~1e-8, not 0), varied.
+    recorder = Recorder([1, 1, 1, 1, 0.1, 0.1, 0.1, 0.1, 0, 1, 0, 1])
+    metrics = _trainer(recorder).train_step()
+    assert metrics["zero_std_groups"] == pytest.approx(2 / 3)
+    assert metrics["groups_kept"] == 1.0  # without dynamic sampling every group is trained on (with Â = 0)
+    dynamic = _trainer(recorder, dynamic_sampling=True, max_sampling_rounds=2).train_step()
+    assert dynamic["zero_std_groups"] == pytest.approx(2 / 3) and dynamic["groups_kept"] == pytest.approx(1 / 3)
 
-    monkeypatch.setenv("MINIMOE_HOME", str(tmp_path))
-    torch.set_num_threads(1)
-    demo.main(["sft"])
-    made, shipped = load_checkpoint(demo.user_checkpoint()).model, demo.load_sft_policy()
-    assert made.cfg == shipped.cfg
-    made_state, shipped_state = made.state_dict(), shipped.state_dict()
-    assert made_state.keys() == shipped_state.keys()
-    assert all(torch.equal(made_state[k], shipped_state[k]) for k in made_state), \
-        "the shipped SFT policy is not what `python -m minimoe.rl.demo sft` trains: regenerate it with --ship"
+
+def test_reward_terms_are_recorded_unweighted_under_their_own_columns():
+    accuracy = Recorder([1, 0, 0, 0] * 3, "accuracy_term")
+    style = Recorder([0, 1, 1, 1] * 3, "style_term")
+    trainer = _trainer(combine_rewards([(accuracy, 1.0), (style, 0.5)]))
+    metrics = trainer.train_step()
+    assert reward_term_column(accuracy) == "reward_accuracy_term"
+    assert metrics["reward_accuracy_term"] == pytest.approx(0.25) and metrics["reward_style_term"] == pytest.approx(0.75)
+    assert metrics["reward"] == pytest.approx(0.25 + 0.5 * 0.75)
+    assert trainer.history.reward_style_term == [pytest.approx(0.75)]
+    plain = _trainer(Recorder([0, 1] * 6)).train_step()  # a plain reward function has no terms
+    assert not any(name.startswith("reward_") for name in plain)
+
+
+def test_lengths_of_right_and_wrong_samples_and_truncation():
+    eos, pad = TOK.eos_id, TOK.pad_id
+    completion_ids = torch.tensor([[5, 6, eos, pad], [5, 6, 7, 8], [5, eos, pad, pad], [5, 6, 7, eos]])
+    mask = (torch.arange(4) < torch.tensor([[3], [4], [2], [4]])).float()
+    rollout = Rollout(torch.ones(4, 1, dtype=torch.long), torch.ones(4, 1, dtype=torch.bool), completion_ids, mask,
+                      ["a"] * 4, 2)
+    trainer = _trainer(Recorder([0] * 12))
+    assert trainer._truncated(rollout).tolist() == [0.0, 1.0, 0.0, 0.0]  # row 1 has no eos: cut at max length
+    split = _length_split(rollout.lengths, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert split == {"length_correct": 2.5, "length_wrong": 4.0}
+    assert _length_split(rollout.lengths, torch.zeros(4))["length_correct"] is None
+    metrics = trainer.train_step()
+    assert 0.0 <= metrics["truncated_rate"] <= 1.0 and metrics["length_correct"] is None  # nothing right
+
+
+def test_clip_fractions_split_below_and_above():
+    trainer = _trainer(Recorder([0, 1, 2, 3] * 3), lr=3e-2, num_iterations=3, epsilon_low=0.01)
+    metrics = trainer.train_step()
+    assert 0 < metrics["clip_fraction"] <= 1
+    assert metrics["clip_fraction"] == pytest.approx(metrics["clip_low"] + metrics["clip_high"])  # disjoint sets
+    first = _trainer(Recorder([0, 1, 2, 3] * 3), num_iterations=1).train_step()  # ρ = 1: the clip never acts
+    assert first["clip_low"] == first["clip_high"] == 0.0

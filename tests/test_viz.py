@@ -1,19 +1,60 @@
-"""The chapter 3 routing heat map and explorer in minimoe.viz draw what minimoe.moe.gate.route selects."""
+"""minimoe.viz: the chapter 1–3 plots and explorers draw what accounting computes and the router selects."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
-import pytest
-import torch
-from matplotlib.patches import Rectangle
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
-from minimoe.moe.gate import affinity_scores, group_mask, select_experts
-from minimoe.viz import plot_routing_heatmap, routing_explorer
+from minimoe.accounting import kv_cache_per_token  # noqa: E402
+from minimoe.config import ModelConfig  # noqa: E402
+from minimoe.moe.gate import affinity_scores, group_mask, select_experts  # noqa: E402
+from minimoe.viz import (attention_cache_explorer, mla_cache_explorer, plot_cache_per_token_bars,  # noqa: E402
+                         plot_routing_heatmap, routing_explorer)
 
 pytest.importorskip("ipywidgets")
 
+
+# ---------------------------------------------------------------- chapters 1–2: the KV-cache plots and explorers
+
+@pytest.fixture
+def v3():
+    return ModelConfig.from_preset("deepseek-v3")
+
+
+def test_cache_bars_are_per_layer_elements(v3):
+    ax = plot_cache_per_token_bars(v3, n_groups=8)
+    heights = [bar.get_height() for bar in ax.patches]
+    layers = v3.num_hidden_layers
+    assert heights == [kv_cache_per_token(v3, "mha") / layers, kv_cache_per_token(v3, "gqa", n_groups=8) / layers,
+                       kv_cache_per_token(v3, "mqa") / layers, 576]
+    plt.close("all")
+
+
+def test_mla_explorer_prints_the_gqa_equivalence(v3, capsys):
+    explorer = mla_cache_explorer(v3)
+    explorer.update()
+    assert "= 2.25 groups" in capsys.readouterr().out
+    explorer.children[0].value = 1024  # d_c slider: (1024 + 64) / 256 groups
+    explorer.update()
+    assert "= 4.25 groups" in capsys.readouterr().out
+    plt.close("all")
+
+
+def test_attention_explorer_handles_more_kv_heads_than_heads(v3, capsys):
+    explorer = attention_cache_explorer(v3)
+    sliders = {child.description: child for child in explorer.children if hasattr(child, "description")}
+    sliders["n_h"].value, sliders["kv heads"].value, sliders["dtype"].value = 4, 16, "float32"
+    explorer.update()
+    out = capsys.readouterr().out
+    assert "gqa (4 kv heads)" in out and "float32" in out
+    plt.close("all")
+
+
+# ---------------------------------------------------------------- chapter 3: the routing heat map and explorer
 
 @pytest.fixture
 def logits():

@@ -1,4 +1,4 @@
-"""GRPO maths: advantages, k3 KL, the clipped loss, and equality with TRL's GRPOTrainer._compute_loss."""
+"""minimoe.rl.grpo: advantages, k3 KL, the clipped loss, and equality with TRL's GRPOTrainer._compute_loss."""
 
 from collections import defaultdict
 from types import SimpleNamespace

@@ -1,3 +1,5 @@
+"""minimoe.tasks.sequences: seeded next-token batches of the pretraining tasks, each with its structure."""
+
 import math
 
 import pytest

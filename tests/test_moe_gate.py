@@ -1,11 +1,9 @@
-"""Router maths and DeepSeekMoE dispatch (inference path)."""
+"""minimoe.moe.gate: scores, group limits and the selection bias; the Router against transformers'."""
 
 import pytest
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.moe.dispatch import dispatch_sorted
-from minimoe.moe.experts import MLP, DeepSeekMoE, naive_moe_forward
 from minimoe.moe.gate import Router, affinity_scores, group_mask, select_experts
 
 
@@ -92,53 +90,6 @@ def test_router_bias_buffer_only_for_noaux_tc():
     assert sel.gate_weights.shape == (7, 2) and sel.experts.shape == (7, 2) and sel.scores.shape == (7, 8)
 
 
-@pytest.mark.parametrize("preset", ["tiny-v2", "tiny-v3"])
-def test_sorted_dispatch_equals_naive_outputs_and_gradients(preset):
-    torch.manual_seed(3)
-    moe = DeepSeekMoE(ModelConfig.from_preset(preset)).double()
-    if moe.router.bias is not None:
-        moe.router.bias.normal_()
-    x = torch.randn(3, 11, 64, dtype=torch.float64, requires_grad=True)
-    y = moe(x)
-    (g_x,) = torch.autograd.grad((y * torch.cos(y)).sum(), x)
-    y_ref = naive_moe_forward(moe, x)
-    (g_ref,) = torch.autograd.grad((y_ref * torch.cos(y_ref)).sum(), x)
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(g_x, g_ref)
-
-
-def test_sorted_dispatch_equals_naive_parameter_gradients():
-    torch.manual_seed(4)
-    moe = DeepSeekMoE(_cfg()).double()
-    x = torch.randn(20, 64, dtype=torch.float64)
-    moe(x).square().sum().backward()
-    fast = {n: p.grad.clone() for n, p in moe.named_parameters()}
-    moe.zero_grad()
-    naive_moe_forward(moe, x).square().sum().backward()
-    for n, p in moe.named_parameters():
-        torch.testing.assert_close(fast[n], p.grad, msg=n)
-
-
-def test_dispatch_with_expert_that_gets_no_tokens():
-    experts = torch.nn.ModuleList(MLP(8, 4) for _ in range(4))
-    x = torch.randn(5, 8)
-    indices = torch.tensor([[0, 2]] * 5)
-    weights = torch.rand(5, 2)
-    expected = weights[:, :1] * experts[0](x) + weights[:, 1:] * experts[2](x)
-    torch.testing.assert_close(dispatch_sorted(x, weights, indices, experts), expected)
-
-
-def test_routing_record_shapes_and_shared_experts():
-    cfg = _cfg(n_shared_experts=2)
-    moe = DeepSeekMoE(cfg)
-    assert moe.shared_experts.w1.out_features == 2 * cfg.moe_intermediate_size
-    assert len(moe.experts) == 8 and moe.experts[0].w1.out_features == cfg.moe_intermediate_size
-    y, record = moe.forward_routed(torch.randn(2, 5, 64), layer=3)
-    assert y.shape == (2, 5, 64) and record.layer == 3
-    assert record.scores.shape == (2, 5, 8) and record.experts.shape == (2, 5, 2)
-    assert DeepSeekMoE(_cfg(n_shared_experts=0)).shared_experts is None
-
-
 @pytest.mark.equivalence
 @pytest.mark.parametrize("version", ["v2", "v3"])
 def test_router_matches_transformers(version):
@@ -169,3 +120,33 @@ def test_router_matches_transformers(version):
     i, our_order = i.sort(-1)
     torch.testing.assert_close(i, hf_i)
     torch.testing.assert_close(w.gather(1, our_order), hf_w.gather(1, order))
+
+
+def test_bias_changes_selection_never_gate_values():
+    cfg = ModelConfig.from_preset("tiny-v3")
+    torch.manual_seed(0)
+    router = Router(cfg)
+    x = torch.randn(64, cfg.hidden_size)
+    sel = router(x)
+    weights, indices, scores = sel.gate_weights, sel.experts, sel.scores
+    loaded = indices.flatten().bincount(minlength=cfg.n_routed_experts).argmax()
+    with torch.no_grad():
+        router.bias[loaded] = -10.0  # a heavily penalised expert is never selected again
+    sel_b = router(x)
+    weights_b, indices_b, scores_b = sel_b.gate_weights, sel_b.experts, sel_b.scores
+    assert (indices == loaded).any() and not (indices_b == loaded).any()
+    torch.testing.assert_close(scores_b, scores)  # affinities do not see the bias
+    # gate values are the unbiased scores of the selected experts, normalised, times routed_scaling_factor
+    g = scores_b.gather(-1, indices_b)
+    torch.testing.assert_close(weights_b, g / g.sum(-1, keepdim=True) * cfg.routed_scaling_factor)
+    same = (indices_b.sort(-1).values == indices.sort(-1).values).all(-1)
+    torch.testing.assert_close(weights_b[same].sort(-1).values, weights[same].sort(-1).values)
+    # a bias shift shared by every expert changes nothing
+    with torch.no_grad():
+        router.bias.fill_(0.3)
+    indices_c = router(x).experts
+    assert torch.equal(indices_c, indices)
+
+
+def test_routers_without_noaux_tc_have_no_bias():
+    assert Router(ModelConfig.from_preset("tiny-v2")).bias is None

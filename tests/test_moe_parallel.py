@@ -1,4 +1,4 @@
-"""Expert parallelism on 2 CPU processes (gloo) equals the single-process DeepSeekMoE, forward and backward."""
+"""minimoe.moe.parallel: expert parallelism on 2 gloo processes equals DeepSeekMoE, forward and backward."""
 
 import pytest
 import torch
