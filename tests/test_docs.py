@@ -46,3 +46,16 @@ def test_the_architecture_page_names_every_subpackage_and_top_level_module():
     missing = sorted(name for name in top if f"minimoe/{name}" not in text
                      and f"minimoe/{name.removesuffix('.py')}" not in text)
     assert missing == [], "docs/architecture.md does not say where these live"
+
+
+REPO_PATH = re.compile(r"\b((?:tests|benchmarks|notebooks|assignments|docs|book|minimoe|hub)/[\w./-]*\w\.(?:py|md|ipynb))\b")
+
+
+def test_paths_named_in_the_package_docs_and_readme_exist():
+    """Every repository file a docstring of the package, a page of docs/ or the README names (``tests/test_x.py``,
+    ``benchmarks/y.py``, …) exists: a renamed file leaves no stale pointer behind."""
+    sources = [*PACKAGE.rglob("*.py"), *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+    stale = sorted({f"{src.relative_to(ROOT)}: {path}" for src in sources
+                    for path in REPO_PATH.findall(src.read_text(encoding="utf-8"))
+                    if not (ROOT / path).exists() and not re.search(r"\b(NN|aN)_name\b", path)})  # placeholders
+    assert stale == [], "files named that do not exist:\n" + "\n".join(stale)

@@ -4,7 +4,7 @@
 dispatcher. Running every expert on every token (``naive_moe_forward``, the reference) wastes E/K of the work; here
 the N·K (token, expert) assignments are sorted by expert, so each expert runs once on one contiguous run of its
 tokens (a loop over the experts that received tokens, or one ``grouped_mm`` per projection over all of them), and
-the weighted outputs are added back to their tokens with ``index_add_``. tests/test_dispatch.py proves the two equal,
+the weighted outputs are added back to their tokens with ``index_add_``. tests/test_moe_dispatch.py proves the two equal,
 outputs and gradients, with and without token dropping.
 
 Optionally (``capacity_factor``, off by default, as in DeepSeek-V3 which drops nothing), each expert takes at most

@@ -8,7 +8,7 @@
 (V2: softmax scores, no bias, no renormalisation; both scale g by ``routed_scaling_factor``.) ``naive_moe_forward``
 is these lines as written, every routed expert on every token: the reference. ``DeepSeekMoE`` computes the same with
 the router (``minimoe.moe.gate``) and a dispatcher that sorts tokens by expert (``minimoe.moe.dispatch``, the fast
-path; tests/test_dispatch.py proves the two equal). The residual u_t is added by ``Block``. As in DeepSeek-V3's
+path; tests/test_moe_dispatch.py proves the two equal). The residual u_t is added by ``Block``. As in DeepSeek-V3's
 ``inference/model.py`` and transformers, the N_s shared experts are one SwiGLU MLP of width N_s · moe_intermediate_size.
 """
 

@@ -4,7 +4,7 @@ DeepSeekMath §4.1 (Eq. (3)–(4)) defines GRPO; Dr. GRPO (Liu et al. 2025) and 
 per-token losses are aggregated. `grpo_loss` reproduces TRL 1.16 `GRPOTrainer._compute_loss` for four of its eight
 loss types, "grpo", "bnpo", "dr_grpo" and "dapo" ("cispo", "sapo", "luspo" and "vespo" are not covered), with one
 process, no gradient accumulation and one optimisation step per generation batch, so students can compare the
-two line by line; `tests/test_grpo.py` checks the equality against TRL's own code.
+two line by line; `tests/test_rl_grpo.py` checks the equality against TRL's own code.
 
 Shapes: B completions (G per prompt), T completion positions. Token tensors are (B, T); `mask` is 1 on real
 completion tokens and 0 on padding.
