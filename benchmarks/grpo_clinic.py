@@ -18,7 +18,7 @@ fixed layout, every completion 62-63 tokens, so lengths cannot drift; the mechan
 and routing collapse (thirty steps at a healthy learning rate move the routing bias by at most 30·γ = 0.03; the
 probe batch's MaxVio is the same with and without the bias update). Clip-higher changes little in thirty steps.
 
-Run: ``python benchmarks/grpo_clinic.py`` (≈ 2.5 CPU min), ``--seed 1`` for another seed, ``--quick`` (2 steps,
+Run: ``python benchmarks/grpo_clinic.py`` (≈ 2.5 CPU min, in two processes as chapter 12: ``--workers``), ``--seed 1`` for another seed, ``--quick`` (2 steps,
 for tests: the numbers then show nothing).
 """
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="2 steps per run (tests)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes that train the runs (as chapter 12: 2); the numbers do not depend on it")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = 2 if args.quick else CLINIC_STEPS
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{w:+.4f}" for w in weights.tolist()))
 
     clinic = Clinic(steps=steps, seed=args.seed, eval_every=steps)
+    clinic.prepare(workers=args.workers)
     for name, case in CASES.items():
         failure, fix = clinic.case(name)
         print(f"{name}: failure {case['failure']}, fix {case['fix'] or 'the demo settings'}")

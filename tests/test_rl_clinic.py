@@ -92,3 +92,24 @@ def test_probe_expert_load_is_the_load_of_one_fixed_batch():
     loads = probe_expert_load(policy, n=16)
     assert policy.training and len(loads) == 1 and loads[0].shape == (policy.cfg.n_routed_experts,)
     assert loads[0].sum().item() == pytest.approx(1.0) and torch.equal(loads[0], probe_expert_load(policy, n=16)[0])
+
+
+def test_prepare_in_two_processes_gives_the_numbers_of_one():
+    """``Clinic.prepare(workers=2)`` trains in forked processes; every run is seeded, so the histories and
+    measurements equal those of training the same settings one after the other in this process."""
+    sft = _policy()
+    one, two = Clinic(sft, steps=1, eval_every=1, eval_n=8), Clinic(sft, steps=1, eval_every=1, eval_n=8)
+    cases = ["reward hacking", "routing collapse"]  # three distinct settings: majority, healthy, balancing off
+    one.prepare(cases, workers=1)
+    two.prepare(cases, workers=2)
+    assert one.runs.keys() == two.runs.keys() and len(one.runs) == 3
+    for key, run in one.runs.items():
+        other = two.runs[key]
+        assert run.before == other.before and run.after == other.after
+        timed = {"seconds"}  # wall time per step: the one column that differs from run to run
+        assert {k: v for k, v in run.history.columns.items() if k not in timed} == \
+            {k: v for k, v in other.history.columns.items() if k not in timed}
+    with pytest.raises(ValueError, match="workers"):
+        one.prepare(workers=0)
+    with pytest.raises(ValueError, match="unknown case"):
+        one.prepare(["overfitting"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import statistics
 import time
 from collections import Counter
@@ -126,6 +127,14 @@ def clinic_run(sft: nn.Module | None = None, *, reward: str = "strict", task: st
     return ClinicRun(settings, history, before, after, cpu, policy)
 
 
+_SHARED: dict = {}  # what forked workers inherit: the SFT policy the runs start from
+
+
+def _train(settings: dict[str, Any]) -> ClinicRun:
+    torch.set_num_threads(1)
+    return clinic_run(_SHARED["sft"], **settings)
+
+
 class Clinic:
     """Runs clinic settings once each: the healthy run is the fix of several cases, and is trained only once."""
 
@@ -133,11 +142,34 @@ class Clinic:
         self.sft = demo.load_sft_policy() if sft is None else sft
         self.common, self.runs = common, {}
 
+    def _key(self, settings: dict[str, Any]) -> tuple:
+        return tuple(sorted({**self.common, **settings}.items()))
+
     def run(self, **settings: Any) -> ClinicRun:
-        key = tuple(sorted({**self.common, **settings}.items()))
+        key = self._key(settings)
         if key not in self.runs:
             self.runs[key] = clinic_run(self.sft, **dict(key))
         return self.runs[key]
+
+    def prepare(self, cases: Sequence[str] | None = None, *, workers: int = 1) -> None:
+        """Train every setting that ``cases`` (default: all) need and that has not run yet, in ``workers``
+        processes (forked: Linux and macOS). Every run is seeded on its own and a worker uses one thread, as
+        the chapter does, so ``workers`` changes only the wall time, never a number."""
+        if not (isinstance(workers, int) and workers >= 1):
+            raise ValueError(f"workers ({workers!r}) must be a positive integer")
+        names = list(CASES) if cases is None else list(cases)
+        for name in names:
+            if name not in CASES:
+                raise ValueError(f"unknown case {name!r}; the clinic has {list(CASES)}")
+        todo = list(dict.fromkeys(self._key(CASES[n][part]) for n in names for part in ("failure", "fix")))
+        todo = [key for key in todo if key not in self.runs]
+        if workers > 1 and len(todo) > 1:
+            _SHARED["sft"] = self.sft
+            with multiprocessing.get_context("fork").Pool(min(workers, len(todo))) as pool:
+                runs = pool.map(_train, [dict(key) for key in todo], chunksize=1)
+        else:
+            runs = [clinic_run(self.sft, **dict(key)) for key in todo]
+        self.runs.update(zip(todo, runs))
 
     def case(self, name: str) -> tuple[ClinicRun, ClinicRun]:
         """The failure and the fix of ``CASES[name]``."""
