@@ -30,15 +30,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ("book", "notebooks")
-NOT_COPIED = ("_build", "chapters", "__pycache__")
+NOT_COPIED = {"book": ("_build", "chapters")}  # build output, and the link to the chapters that build.py makes
+
+
+def ignored(top: str):
+    """A copytree `ignore` that leaves out NOT_COPIED[top] at the top of the copy only (the catalogs have a
+    `chapters/` folder of their own), and caches anywhere."""
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n in ("__pycache__", ".ipynb_checkpoints")}
+        if Path(folder) == REPO / top:
+            skip |= set(names) & set(NOT_COPIED.get(top, ()))
+        return skip
+    return ignore
 
 
 def fresh_copy(into: Path, rev: str | None) -> Path:
     """The book and its chapters in `into`, without any build output; returns the book folder."""
     if rev is None:
         for name in COPIED:
-            shutil.copytree(REPO / name, into / name, symlinks=True,
-                            ignore=shutil.ignore_patterns(*NOT_COPIED, ".ipynb_checkpoints"))
+            shutil.copytree(REPO / name, into / name, symlinks=True, ignore=ignored(name))
     else:
         data = subprocess.run(["git", "-C", str(REPO), "archive", rev, *COPIED], check=True,
                               capture_output=True).stdout

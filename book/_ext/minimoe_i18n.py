@@ -149,6 +149,18 @@ def has_catalog(app: Sphinx) -> bool:
     return catalog_for(dirs, app.config.language, domain)[1]
 
 
+def glossary_name(node: nodes.Node) -> bool:
+    """A name line of a glossary entry: the name links use, kept as it is in both editions (its English names
+    are not extracted as messages once book/_ext/minimoe_book.py joins them onto one line)."""
+    return isinstance(node, nodes.term) and any(isinstance(a, addnodes.glossary) for a in ancestors(node))
+
+
+def ancestors(node: nodes.Node):
+    while node.parent is not None:
+        node = node.parent
+        yield node
+
+
 def record_untranslated(app: Sphinx, doctree: nodes.document) -> None:
     if not is_chinese(app.config):
         return
@@ -160,7 +172,7 @@ def record_untranslated(app: Sphinx, doctree: nodes.document) -> None:
 
         untranslated = (node for node, _ in extract_messages(doctree))
     for node in untranslated:
-        if not in_code_output(node):
+        if not in_code_output(node) and not glossary_name(node):
             text = (node.get("rawsource") or getattr(node, "rawsource", "") or node.astext()).strip()
             found.append((node.line or 0, " ".join(text.split())))
     untranslated = getattr(app.env, "minimoe_untranslated", {})
