@@ -17,9 +17,12 @@ CHAPTER_CPU_BUDGET_S = 180
 # A Part III chapter's measurement cell may take most of its 3 minutes (chapter 11 runs its whole comparison in
 # one cell); a cell never waits out this timeout for a lost reply (minimoe._kernel_client).
 CELL_TIMEOUT_S = 300
-# The kernel's CPU time and that of the worker processes it forked and reaped (chapter 11 runs its seeds in two).
+# The kernel's CPU time, and that of the worker processes it forked and reaped (chapters 11 and 12 train in two).
+# The workers run side by side on the laptop's two cores, so the chapter's time there is about the kernel's own CPU
+# plus half its workers'.
 CPU_PROBE = ("import resource as _r\n_u, _c = _r.getrusage(_r.RUSAGE_SELF), _r.getrusage(_r.RUSAGE_CHILDREN)\n"
-             "print('KERNEL_CPU_S', _u.ru_utime + _u.ru_stime + _c.ru_utime + _c.ru_stime)")
+             "print('KERNEL_CPU_S', _u.ru_utime + _u.ru_stime, _c.ru_utime + _c.ru_stime)")
+LAPTOP_CORES = 2
 
 
 def test_chapters_exist():
@@ -61,9 +64,11 @@ def test_chapter_executes(path: Path):
     client.execute()
     wall = time.perf_counter() - start
     probe = nb.cells.pop()
-    cpu = float("".join(o.get("text", "") for o in probe.outputs).split()[-1])
-    print(f"{path.name}: {cpu:.0f} s of kernel CPU, {wall:.0f} s wall")
-    assert cpu < CHAPTER_CPU_BUDGET_S, f"{path.name} used {cpu:.0f} s of CPU (budget {CHAPTER_CPU_BUDGET_S} s)"
+    own, workers = (float(x) for x in "".join(o.get("text", "") for o in probe.outputs).split()[-2:])
+    cpu = own + workers / LAPTOP_CORES
+    print(f"{path.name}: {own:.0f} s of kernel CPU + {workers:.0f} s in workers, {wall:.0f} s wall")
+    assert cpu < CHAPTER_CPU_BUDGET_S, (f"{path.name} used {own:.0f} s of CPU and its workers {workers:.0f} s: "
+                                        f"{cpu:.0f} s on {LAPTOP_CORES} cores (budget {CHAPTER_CPU_BUDGET_S} s)")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
     figures = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
