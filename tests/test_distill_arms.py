@@ -89,3 +89,23 @@ def test_distill_demo_quick():
     assert result.returncode == 0, result.stderr
     for words in ("RL ended below its starting accuracy on", "traces − rl:", "95% CI", "held-out accuracy: teacher"):
         assert words in result.stdout
+
+
+def test_arms_in_two_processes_give_the_numbers_of_one():
+    """``run_arms(workers=2)`` trains the arms in forked processes; every arm is seeded on its own, so the
+    accuracies, steps and histories equal those of one process."""
+    from minimoe.distill_arms import ARMS, ArmsConfig, run_arms, sample_traces, student_base
+    from minimoe.rl import demo
+
+    torch.set_num_threads(1)
+    cfg = ArmsConfig(teacher_steps=1, student_sft_steps=2, trace_prompts=16, trace_samples=1, rl_steps=1,
+                     sft_steps=2, kd_steps=2, eval_n=4)
+    teacher, base = demo.load_sft_policy(), student_base(0, cfg)
+    traces = sample_traces(teacher, 0, cfg)
+    one, two = (run_arms(teacher, base, traces, 0, cfg, base_cpu=0.0, trace_cpu=0.0, workers=w) for w in (1, 2))
+    assert one.accuracy == two.accuracy and one.steps == two.steps
+    for arm in ARMS:
+        assert all(torch.equal(a, b) for a, b in zip(one.students[arm].state_dict().values(),
+                                                     two.students[arm].state_dict().values())), arm
+    with pytest.raises(ValueError, match="workers"):
+        run_arms(teacher, base, traces, 0, cfg, base_cpu=0.0, trace_cpu=0.0, workers=0)
