@@ -9,7 +9,8 @@ per-token weights of "grpo" and "dr_grpo" on a group of unequal lengths (the len
 
 Budget and why. Each run takes 10-25 s of one CPU core (``time.process_time``, printed per run), under the issue's
 30 CPU s per reproduction; chapter 12 runs the same nine distinct settings through the same ``Clinic`` calls, about
-2-2.5 CPU minutes in all, so the chapter is a Part III chapter that needs up to 3 minutes: seven failures, each a
+2-2.5 CPU minutes in all (in two processes: about 1.5-2 minutes on two cores), so the chapter is a Part V
+chapter that may take up to 3 minutes: seven failures, each a
 pair of runs long enough for its diagnostic to move (fewer steps leave the held-out accuracy of the healthy run
 still climbing, and the failures of reward hacking and of routing still small).
 
