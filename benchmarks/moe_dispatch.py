@@ -18,9 +18,10 @@ overhead, as on real hardware, and one forward pass stays about a second on one 
 
 Profile (torch.profiler, forward of ``minimoe loop`` on this config): ~85% of self time is ``aten::mm`` in the
 experts' SwiGLUs (3 per expert that received tokens, plus the shared expert), the rest ``index_select`` /
-``index_add_`` (~3% each), SiLU and the products, ``topk`` / ``sort`` of the routing. Two changes came from it: the
-routed outputs are added straight into the shared expert's output (no zeroed (N, d) buffer, no final sum), and each
-expert scales its hidden rows by g_{i,t} (width moe_intermediate_size) instead of its outputs (width D).
+``index_add_`` (~3% each), SiLU and the products, ``topk`` / ``sort`` of the routing. Two changes tried from it
+(adding the routed outputs straight into the shared expert's output; scaling each expert's hidden rows by g_{i,t},
+width moe_intermediate_size, instead of its outputs, width D) saved a few percent, but they change float rounding,
+so the shipped checkpoint and every trained number the book quotes would change with them: not adopted.
 
 The routed computation has the FLOPs of the dense SwiGLU of the same active width, which is therefore a floor: the
 layer's budget is at most 1.05x that dense SwiGLU (the limit is 1.0x), and faster than transformers'

@@ -49,6 +49,9 @@ def _why_not() -> str | None:
         return "jupyterhub is not installed (pip install -e '.[dev]')"
     if not shutil.which("bwrap"):
         return "bubblewrap is missing (make grading-deps)"
+    private = [p for p in ROOT.parents if not p.stat().st_mode & 0o001]
+    if private:  # the hub's users import the course package from this checkout (hub/prepare.py)
+        return f"{private[0]} is not searchable by other users, so the hub's users cannot reach this checkout"
     return None
 
 

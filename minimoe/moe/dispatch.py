@@ -115,28 +115,27 @@ def run_experts(x_sorted: torch.Tensor, counts: torch.Tensor, experts: nn.Module
 
 
 def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, experts: nn.ModuleList,
-                    keep: torch.Tensor | None = None, impl: str = "loop",
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    keep: torch.Tensor | None = None, impl: str = "loop") -> torch.Tensor:
     """Σ_i g_{i,t} FFN^(r)_i(u_t) with the assignments sorted by expert; assignments with ``keep`` False are skipped.
-    The sum is added into ``out`` (in place) when given, else into zeros.
 
     The loop adds each expert's weighted output straight into the result, so one expert's rows stay in cache
     (measured faster on a CPU than concatenating an (N·K, d) buffer). Its rows are gathered one expert at a time,
     except when a gradient is needed: then all at once, so that the backward pass scatters dL/dx once instead of
     building one (N, d) zero gradient per expert. Without gradients only the experts that received tokens are
     visited (decoding one token touches K of E experts; splitting into E views cost as much as the experts).
-    The loop's experts scale their hidden rows by g_{i,t} (``MLP``'s ``scale``), narrower than their outputs.
 
     Profile (torch.profiler, ``benchmarks/moe_dispatch.py``'s layer, forward): ~85% of the time is the experts'
     matrix products; the rest is ``index_select`` and ``index_add_`` (~3% each), SiLU and products, ``topk``.
+    Adding into the shared expert's output and scaling the experts' hidden rows by g instead of their outputs saved
+    a few percent, but they change float rounding, and with it every trained result the book ships and quotes.
 
-    Shapes: x (N, d), weights (N, K), indices (N, K), keep (N, K) bool, out (N, d) -> (N, d).
+    Shapes: x (N, d), weights (N, K), indices (N, K), keep (N, K) bool -> (N, d).
     """
     k = indices.shape[1]
     order, counts = sort_by_expert(indices, len(experts), keep)  # (M,), (E,)
     token = order // k  # (M,) the token of each sorted assignment
     gate_weights = weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)  # (M, 1) g_{i,t} in the same order
-    out = torch.zeros_like(x) if out is None else out  # (N, d)
+    out = torch.zeros_like(x)  # (N, d)
     if impl != "loop":
         y_sorted = run_experts(x.index_select(0, token), counts, experts, impl)  # (M, d)
         return out.index_add_(0, token, y_sorted * gate_weights)
@@ -145,13 +144,13 @@ def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
         gathered = x.index_select(0, token).split(sizes)  # views of one buffer: one gradient scatter
         for e, (expert, rows, g) in enumerate(zip(experts, token.split(sizes), gate_weights.split(sizes))):
             if len(rows) > 0:
-                out.index_add_(0, rows, expert(gathered[e], scale=g))
+                out.index_add_(0, rows, expert(gathered[e]) * g)
         return out
     start = 0  # no gradient: plain slices, and only the experts that received tokens are visited
     for e, size in enumerate(sizes):
         if size:
             rows = token[start:start + size]  # (n_e,)
-            out.index_add_(0, rows, experts[e](x.index_select(0, rows), scale=gate_weights[start:start + size]))
+            out.index_add_(0, rows, experts[e](x.index_select(0, rows)) * gate_weights[start:start + size])
             start += size
     return out
 
@@ -160,12 +159,9 @@ class LocalDispatcher:
     """Dispatch on one process: every routed expert is here, tokens are sorted by expert (``dispatch_sorted``)."""
 
     def __call__(self, moe, u: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-                 keep: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Σ_i g_{i,t} FFN^(r)_i(u_t), added into ``out`` when given.
-
-        Shapes: u (N, d), weights (N, K), indices (N, K), keep (N, K) bool or None, out (N, d) -> (N, d).
-        """
-        return dispatch_sorted(u, weights, indices, moe.experts, keep, resolve_impl(moe.experts_impl, u), out)
+                 keep: torch.Tensor | None) -> torch.Tensor:
+        """Shapes: u (N, d), weights (N, K), indices (N, K), keep (N, K) bool or None -> (N, d)."""
+        return dispatch_sorted(u, weights, indices, moe.experts, keep, resolve_impl(moe.experts_impl, u))
 
     def __repr__(self) -> str:
         return "LocalDispatcher()"

@@ -27,10 +27,7 @@ class MLP(nn.Module):
     """SwiGLU feed-forward network ``w2(silu(w1 x) * w3 x)`` (w1 the SiLU branch, w3 the linear branch, w2 the
     output projection; HF gate_proj, up_proj, down_proj), as in DeepSeek's code.
 
-    ``scale`` (one number per row) gives ``scale * w2(…)``, computed as ``w2(scale * …)``: w2 is linear, and the
-    hidden row is narrower than the output, so a routed expert applies its gate weight g_{i,t} there (``dispatch``).
-
-    Shapes: x (..., d), scale (..., 1) or None -> (..., d).
+    Shapes: x (..., d) -> (..., d).
     """
 
     def __init__(self, dim: int, inter: int) -> None:
@@ -39,9 +36,8 @@ class MLP(nn.Module):
         self.w2 = nn.Linear(inter, dim, bias=False)
         self.w3 = nn.Linear(dim, inter, bias=False)
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = F.silu(self.w1(x)) * self.w3(x)  # (..., inter)
-        return self.w2(hidden if scale is None else hidden * scale)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 Expert = MLP  # a routed expert is a (narrower) SwiGLU MLP: FFN^(r)_i
@@ -142,10 +138,9 @@ class DeepSeekMoE(nn.Module):
         if self.capacity_factor is not None and self.training:
             keep = capacity_mask(sel.scores.detach().gather(1, sel.experts), sel.experts, self.cfg.n_routed_experts,
                                  self.capacity_factor)  # (N, K)
-        # Σ_i FFN^(s)_i(u_t), into which the dispatcher adds Σ_i g_{i,t} FFN^(r)_i(u_t): Eq. (12), the residual u_t
-        # left to Block. (Adding into the shared output saves a zeroed (N, d) buffer and a sum over it.)
-        h = self.shared_experts(u) if self.shared_experts is not None else torch.zeros_like(u)  # (N, d)
-        h = self.dispatcher(self, u, sel.gate_weights, sel.experts, keep, out=h)  # (N, d)
+        h = self.dispatcher(self, u, sel.gate_weights, sel.experts, keep)  # (N, d): Σ_i g_{i,t} FFN^(r)_i(u_t)
+        if self.shared_experts is not None:
+            h = h + self.shared_experts(u)  # + Σ_i FFN^(s)_i(u_t): Eq. (12), the residual left to Block
         return h.view(x.shape), RoutingRecord.of(sel, x.shape[:-1], layer, None if keep is None else ~keep)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -83,9 +83,9 @@ class AllToAllDispatcher:
         self.world_size = dist.get_world_size(group)
 
     def __call__(self, moe: DeepSeekMoE, u: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-                 keep: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Σ_i g_{i,t} FFN^(r)_i(u_t) over the ranks, added into ``out`` when given. Shapes: u (N, d) this rank's
-        tokens, weights, indices (N, K), out (N, d) -> (N, d)."""
+                 keep: torch.Tensor | None) -> torch.Tensor:
+        """Σ_i g_{i,t} FFN^(r)_i(u_t) over the ranks. Shapes: u (N, d) this rank's tokens, weights, indices (N, K)
+        -> (N, d)."""
         if keep is not None:
             raise ValueError("capacity_factor is not offered with expert parallelism: set moe.capacity_factor = None")
         world, n_local = self.world_size, len(moe.experts)
@@ -109,8 +109,7 @@ class AllToAllDispatcher:
         # 3. combine: outputs return to their ranks, weighted by g_{i,t} and added per token
         y_sorted = AllToAll.apply(y_recv, recv_splits, send_splits, self.group)  # (N·K, d)
         gate_weights = weights.reshape(-1)[order].unsqueeze(-1).to(u.dtype)  # (N·K, 1)
-        out = torch.zeros_like(u) if out is None else out  # (N, d)
-        return out.index_add_(0, token, y_sorted * gate_weights)
+        return torch.zeros_like(u).index_add_(0, token, y_sorted * gate_weights)  # (N, d)
 
     def __repr__(self) -> str:
         return f"AllToAllDispatcher(world_size={self.world_size}, shard={self.shard.start}-{self.shard.stop - 1})"
