@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import math
-import multiprocessing
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from minimoe.distill import KDConfig, Traces, cpu_seconds, distill_logits, rejection_sample, student_config
+from minimoe.forking import fork_map
 from minimoe.history import History
 from minimoe.model import Transformer
 from minimoe.rl import demo
@@ -179,16 +179,13 @@ def run_seed(teacher: nn.Module, seed: int, cfg: ArmsConfig) -> SeedResult:
     return run_arms(teacher, base, traces, seed, cfg, base_cpu=base_cpu, trace_cpu=trace_cpu)
 
 
-_SHARED: dict = {}  # what forked workers inherit: the student base and the arms' data
-
-
-def _arm(arm: str) -> tuple[History, float, float, nn.Module]:
-    """Run one arm on a copy of the shared base: (history, CPU seconds, held-out accuracy, trained student)."""
-    base, seed, cfg, traces = _SHARED["base"], _SHARED["seed"], _SHARED["cfg"], _SHARED["traces"]
+def _arm(arm: str, base: nn.Module, seed: int, cfg: ArmsConfig, traces: Traces,
+         teacher_logits: torch.Tensor) -> tuple[History, float, float, nn.Module]:
+    """Run one arm on a copy of ``base``: (history, CPU seconds, held-out accuracy, trained student)."""
     student = copy.deepcopy(base)
     run = {"rl": lambda: run_rl(student, seed, cfg),
            "traces": lambda: run_traces(student, traces, seed, cfg),
-           "logits": lambda: run_logits(student, _SHARED["teacher_logits"], traces, seed, cfg)}[arm]
+           "logits": lambda: run_logits(student, teacher_logits, traces, seed, cfg)}[arm]
     history, cpu = cpu_seconds(run)
     return history, cpu, _accuracy(student, cfg), student
 
@@ -198,20 +195,11 @@ def run_arms(teacher: nn.Module, base: nn.Module, traces: Traces, seed: int, cfg
     """The three arms, each from a copy of ``base`` (left untouched), each evaluated greedily on ``cfg.eval_n``
     held-out problems; ``trace_cpu`` (the teacher's sampling) is charged to (b) and (c), and the teacher's forward
     pass over the traces to (c). ``workers`` > 1 runs the arms in that many forked processes of one thread each:
-    every arm is seeded on its own, so only the wall time changes, never a number."""
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ValueError(f"workers ({workers!r}) must be a positive integer")
+    every arm is seeded on its own, so only the wall time changes, never a number (``minimoe.forking``)."""
     with torch.no_grad():
         teacher_logits, logits_cpu = cpu_seconds(lambda: teacher.eval()(traces.inputs).logits)  # (N, L, V)
     result = SeedResult(seed, _accuracy(base, cfg), base_cpu, len(traces.inputs), traces.n_sampled, trace_cpu)
-    _SHARED.update(base=base, seed=seed, cfg=cfg, traces=traces, teacher_logits=teacher_logits)
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(ARMS)), initializer=torch.set_num_threads,
-                                                      initargs=(1,)) as pool:
-            outcomes = pool.map(_arm, ARMS, chunksize=1)
-    else:
-        outcomes = [_arm(arm) for arm in ARMS]
-    _SHARED.clear()
+    outcomes = fork_map(lambda arm: _arm(arm, base, seed, cfg, traces, teacher_logits), ARMS, workers)
     charged = {"rl": 0.0, "traces": trace_cpu, "logits": trace_cpu + logits_cpu}
     for arm, (history, cpu, accuracy, student) in zip(ARMS, outcomes):
         if arm == "rl":

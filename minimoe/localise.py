@@ -25,7 +25,6 @@ old experts are chosen as before unless a new expert wins. Accuracies are greedy
 from __future__ import annotations
 
 import copy
-import multiprocessing
 import random
 import statistics
 import time
@@ -36,6 +35,7 @@ from torch import nn
 
 from minimoe.adapt import (add_experts, add_lora, extend_tokenizer, extend_vocabulary, freeze_rows, n_trainable,
                            rebuild, replay_rows)
+from minimoe.forking import fork_map
 from minimoe.history import History
 from minimoe.model import Transformer
 from minimoe.optim import STEP_METRICS, make_optimizer, training_step
@@ -241,28 +241,20 @@ def adapt(method: str, cfg: LocaliseConfig, seed: int, start: tuple[Transformer,
                      model)
 
 
-_SHARED: dict = {}  # what forked workers inherit: the config, the start model and the data
-
-
-def _run(job: tuple[str, int]) -> RunResult:
-    torch.set_num_threads(1)
-    return adapt(job[0], _SHARED["cfg"], job[1], _SHARED["start"], _SHARED["data"])
-
-
 def compare(methods: tuple[str, ...] = METHODS, seeds: tuple[int, ...] = (0, 1, 2),
             cfg: LocaliseConfig | None = None, *, workers: int = 1, progress: bool = False) -> dict:
     """Every method on every seed from one start model and one data set: ``{"start": accuracies, "runs":
     [RunResult, …], "config": asdict(cfg)}``. Each run is seeded on its own, so ``workers`` (processes, forked on
-    Linux) changes only the wall time, never a number."""
+    Linux, ``minimoe.forking``) changes only the wall time, never a number."""
     cfg = cfg or LocaliseConfig()
     start = start_model()
-    _SHARED.update(cfg=cfg, start=start, data=training_data(start[1], cfg))
-    jobs = [(method, seed) for method in methods for seed in seeds]
-    if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            runs = pool.map(_run, jobs, chunksize=1)
-    else:
-        runs = [_run(job) for job in jobs]
+    data = training_data(start[1], cfg)
+
+    def run(job: tuple[str, int]) -> RunResult:
+        torch.set_num_threads(1)  # here too, so that every run has the one thread a forked worker has
+        return adapt(job[0], cfg, job[1], start, data)
+
+    runs = fork_map(run, [(method, seed) for method in methods for seed in seeds], workers)
     if progress:
         for r in runs:
             print(f"{r.method:>10} seed {r.seed}: local {r.local:.0%}, original {r.original:.0%}, "

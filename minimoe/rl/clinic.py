@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import multiprocessing
 import statistics
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from minimoe.forking import fork_map
 from minimoe.history import History
 from minimoe.moe.balance import expert_load
 from minimoe.rl import demo
@@ -127,14 +127,6 @@ def clinic_run(sft: nn.Module | None = None, *, reward: str = "strict", task: st
     return ClinicRun(settings, history, before, after, cpu, policy)
 
 
-_SHARED: dict = {}  # what forked workers inherit: the SFT policy the runs start from
-
-
-def _train(settings: dict[str, Any]) -> ClinicRun:
-    torch.set_num_threads(1)
-    return clinic_run(_SHARED["sft"], **settings)
-
-
 class Clinic:
     """Runs clinic settings once each: the healthy run is the fix of several cases, and is trained only once."""
 
@@ -153,22 +145,15 @@ class Clinic:
 
     def prepare(self, cases: Sequence[str] | None = None, *, workers: int = 1) -> None:
         """Train every setting that ``cases`` (default: all) need and that has not run yet, in ``workers``
-        processes (forked: Linux and macOS). Every run is seeded on its own and a worker uses one thread, as
-        the chapter does, so ``workers`` changes only the wall time, never a number."""
-        if not (isinstance(workers, int) and workers >= 1):
-            raise ValueError(f"workers ({workers!r}) must be a positive integer")
+        processes (``minimoe.forking.fork_map``: forked, Linux and macOS). Every run is seeded on its own and a
+        worker uses one thread, as the chapter does, so ``workers`` changes only the wall time, never a number."""
         names = list(CASES) if cases is None else list(cases)
         for name in names:
             if name not in CASES:
                 raise ValueError(f"unknown case {name!r}; the clinic has {list(CASES)}")
         todo = list(dict.fromkeys(self._key(CASES[n][part]) for n in names for part in ("failure", "fix")))
         todo = [key for key in todo if key not in self.runs]
-        if workers > 1 and len(todo) > 1:
-            _SHARED["sft"] = self.sft
-            with multiprocessing.get_context("fork").Pool(min(workers, len(todo))) as pool:
-                runs = pool.map(_train, [dict(key) for key in todo], chunksize=1)
-        else:
-            runs = [clinic_run(self.sft, **dict(key)) for key in todo]
+        runs = fork_map(lambda key: clinic_run(self.sft, **dict(key)), todo, workers)
         self.runs.update(zip(todo, runs))
 
     def case(self, name: str) -> tuple[ClinicRun, ClinicRun]:
