@@ -292,6 +292,19 @@ def test_frozen_base_methods_move_only_their_own_parameters(method):
     assert "embed.weight" in moved or "head.weight" in moved  # the new rows trained
 
 
+def test_the_comparison_in_two_processes_gives_the_numbers_of_one():
+    """chapter 11 runs ``minimoe.localise.compare(workers=2)``: every run is seeded on its own, so the accuracies
+    and the trained weights equal those of one process."""
+    from minimoe.localise import LocaliseConfig, compare
+
+    cfg = LocaliseConfig(steps=3, batch_size=4, eval_n=4)
+    one, two = (compare(("full", "lora"), (0, 1), cfg, workers=w) for w in (1, 2))
+    assert [(r.method, r.seed) for r in two["runs"]] == [("full", 0), ("full", 1), ("lora", 0), ("lora", 1)]
+    for a, b in zip(one["runs"], two["runs"]):
+        assert (a.local, a.original, a.params_trained) == (b.local, b.original, b.params_trained)
+        assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
 def test_expert_shares_rows_sum_to_one():
     model = small_model()
     x = tokens()
