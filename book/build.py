@@ -7,7 +7,8 @@ Called by `make book`. The steps:
    require.js and the ipywidgets HTML manager, fetched once with `npm pack` into `book/_vendor` and reused;
 3. `jupyter-book build book -W -n --keep-going`: every warning and every cell error fails the build;
    notebook outputs are cached in `book/_build/.jupyter_cache`, so a rebuild re-executes only the chapters
-   that changed;
+   that changed; a change to the `minimoe` package the kernel imports empties the cache first (the chapters'
+   outputs come from it, and jupyter-cache sees only the notebooks' code);
 4. the 繁體中文 edition into `book/_build/html/zh-hant` (book/i18n.py): Sphinx with `language = "zh_HK"` and
    the catalogs of `book/locales`, reading the executed notebooks from the same jupyter-cache, so no chapter
    executes twice (the build checks that none did). It fails on any untranslated or fuzzy message, naming the
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import fcntl
+import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -189,6 +192,32 @@ def stream(cmd: list[str], env: dict) -> tuple[int, set[str]]:
     if keep.pending_border:
         sys.stdout.write(keep.pending_border)
     return proc.returncode, failed
+
+
+def package_fingerprint() -> str:
+    """sha256 over every file of the `minimoe` package this Python imports (the chapters' kernel uses the same
+    environment): its modules and its data, such as the shipped checkpoint."""
+    spec = importlib.util.find_spec("minimoe")
+    if spec is None or not spec.submodule_search_locations:
+        return "minimoe not importable"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def drop_stale_executions(book: Path) -> None:
+    """Empty the jupyter-cache when `minimoe` changed since its chapters executed: a cached chapter would show
+    the old package's outputs (jupyter-cache keys a notebook on its own code only)."""
+    cache_dir = book / "_build" / ".jupyter_cache"
+    stamp = book / "_build" / ".minimoe.sha256"
+    fingerprint = package_fingerprint()
+    if cache_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+        print("minimoe changed since the chapters were last executed: every chapter executes again", flush=True)
+        shutil.rmtree(cache_dir)
+    stamp.write_text(fingerprint + "\n")
 
 
 def run_jupyter_book(book: Path) -> tuple[int, set[str]]:
@@ -390,6 +419,7 @@ def build(book: Path, allow_untranslated: bool = False) -> int:
     since = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     link_chapters(book)
     vendor(book)
+    drop_stale_executions(book)
     returncode, failed = run_jupyter_book(book)
     html = book / "_build" / "html"
     try:

@@ -253,6 +253,68 @@ def test_build_writes_every_chapter_and_times_it():
     assert "python3 -m http.server --bind 127.0.0.1 -d" in log
 
 
+def book_build_module():
+    spec = importlib.util.spec_from_file_location("book_build", BOOK / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("book")
+def test_every_chapter_executes_without_error_shows_a_figure_and_keeps_its_budget():
+    """Each chapter as the build executed it (the archive students download holds the outputs): no cell error, a
+    figure or an explorer, and an execution time within twice its budget in `book/build.py`. `make test` runs a
+    second test worker beside the build on the two cores, so a chapter may take up to twice its time on an idle
+    machine here; `benchmarks/book_builds.py` measures the budgets themselves, idle."""
+    import zipfile
+
+    html, log = built_site()
+    build = book_build_module()
+    with zipfile.ZipFile(html / build.ARCHIVE) as archive:
+        for stem in chapter_stems():
+            nb = json.loads(archive.read(f"minimoe-notebooks/{stem}.ipynb"))
+            outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+            errors = [o for o in outputs if o["output_type"] == "error"]
+            assert not errors, f"{stem}: {errors[0]['ename']}: {errors[0]['evalue']}" if errors else ""
+            assert any(kind in o.get("data", {}) for o in outputs for kind in
+                       ("image/png", "image/svg+xml", "application/vnd.jupyter.widget-view+json")), \
+                f"{stem} shows no figure"
+            seconds = float(re.search(rf"^{re.escape(stem)}\s+(\d+\.\d)s", log, re.MULTILINE).group(1))
+            budget = build.LONG_CHAPTER_BUDGET_S if stem in build.LONG_CHAPTERS else build.CHAPTER_BUDGET_S
+            assert seconds <= 2 * budget, f"{stem} executed in {seconds:.0f} s (budget {budget} s idle, x2 here)"
+
+
+def test_a_change_to_the_package_empties_the_execution_cache(tmp_path, monkeypatch):
+    """jupyter-cache keys a chapter on its own code: after an edit to `minimoe`, a cached chapter would show the
+    old package's outputs, so the build executes every chapter again."""
+    build = book_build_module()
+    cache = tmp_path / "_build" / ".jupyter_cache"
+    cache.mkdir(parents=True)
+    monkeypatch.setattr(build, "package_fingerprint", lambda: "one")
+    build.drop_stale_executions(tmp_path)  # a cache without a stamp: who knows what executed it
+    assert not cache.exists()
+    cache.mkdir()
+    build.drop_stale_executions(tmp_path)
+    assert cache.exists(), "the same package keeps the cache"
+    monkeypatch.setattr(build, "package_fingerprint", lambda: "two")
+    build.drop_stale_executions(tmp_path)
+    assert not cache.exists()
+    assert (tmp_path / "_build" / ".minimoe.sha256").read_text().strip() == "two"
+
+
+def test_the_package_fingerprint_sees_an_edit(tmp_path, monkeypatch):
+    package = tmp_path / "minimoe"
+    package.mkdir()
+    (package / "__init__.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "minimoe", raising=False)
+    build = book_build_module()
+    before = build.package_fingerprint()
+    (package / "__init__.py").write_text("x = 2\n")
+    assert build.package_fingerprint() != before
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("book")
 def test_built_pages_load_nothing_from_outside():

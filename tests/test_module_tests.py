@@ -46,7 +46,7 @@ CROSS_CUTTING = {
     "test_i18n.py": "the 繁體中文 edition's catalogs",
     "test_imports.py": "the package's import graph has no cycle",
     "test_jupyterlab.py": "a student's session in JupyterLab",
-    "test_notebooks.py": "every chapter executes within its budget",
+    "test_notebooks.py": "every chapter is stripped and structured (tests/test_book.py executes them)",
     "test_page_text.py": "what a reader meets on a rendered page",
     "test_python_version.py": "every Python file runs on Python 3.10",
     "test_quoted_numbers.py": "the parameter counts the chapters quote",
