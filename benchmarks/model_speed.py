@@ -28,9 +28,11 @@ heads-folded queries (since issue 18: the same fused ``scaled_dot_product_attent
 H·T latent queries as the rows of one key/value head [c^KV; k^R]). After: prefill is ~57% ``mm`` (the experts: the same FLOPs transformers runs) and ~18% the
 flash-attention kernel; decode is dominated by per-op overhead of ~86 tiny linears per step (``mm``, ~30%).
 Issue 18, measured on a shared, loaded 2-core machine (process CPU time, median of 5 interleaved repetitions):
-prefill 0.65×, decode after 1,024 tokens 0.45× transformers.
+prefill 0.65×, decode after 1,024 tokens 0.45× transformers. Re-measured idle, five runs on one day: prefill
+0.57-0.74× (the 0.74 from a run of 5 repetitions; transformers' own prefill time moved between 183 and 228 ms from
+run to run, ours between 128 and 132 ms), decode 0.47-0.49×. Hence 15 repetitions by default.
 
-Run: ``OMP_NUM_THREADS=1 nice python benchmarks/model_speed.py`` (a few minutes on one core), ``--quick`` for tests.
+Run: ``OMP_NUM_THREADS=1 nice python benchmarks/model_speed.py`` (about a minute on one core), ``--quick`` for tests.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def profile(model: minimoe.Transformer, tokens: torch.Tensor) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny config, short sequences (tests)")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables for minimoe")
     args = parser.parse_args()
