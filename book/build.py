@@ -97,7 +97,16 @@ def fetch_tarball(spec: str, folder: Path) -> Path:
 
 
 def vendor(book: Path) -> Path:
-    """Unpack the vendored JavaScript into `book/_vendor/site/_static/vendor` unless it is already there."""
+    """Unpack the vendored JavaScript into `book/_vendor/site/_static/vendor` unless it is already there. Two
+    processes may call it at once (a build and a test of a small book that reuses this folder): one unpacks, the
+    other waits for it and finds the folder ready."""
+    (book / "_vendor").mkdir(parents=True, exist_ok=True)
+    with open(book / "_vendor" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _unpack_vendored(book)
+
+
+def _unpack_vendored(book: Path) -> Path:
     site_vendor = book / "_vendor" / "site" / "_static" / "vendor"
     stamp = site_vendor / "VERSIONS.json"
     wanted = sorted(VENDORED)

@@ -21,11 +21,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from _browser import REPO, PageWatch, launch, screenshot_path, sync_playwright
+from _book import BOOK, HTML, NOTEBOOKS, REPO, book_build_module, run_build
+from _browser import PageWatch, launch, screenshot_path, sync_playwright
 
-BOOK = REPO / "book"
-NOTEBOOKS = REPO / "notebooks"
-HTML = BOOK / "_build" / "html"
 TITLE = "minimoe: DeepSeek's ideas from first principles"
 
 REQUIRED_BIB = {
@@ -217,16 +215,6 @@ def test_tagged_multiline_equations_are_not_wrapped_in_split():
 # ------------------------------------------------------------------------------------------------ the build
 
 
-def run_build(book: Path = BOOK, strict: bool = True) -> subprocess.CompletedProcess:
-    """book/build.py, as `make book` runs it: strict, it fails on a message of the 繁體中文 edition without its
-    translation; `strict=False` builds the preview (English standing in)."""
-    return subprocess.run(
-        [sys.executable, str(REPO / "book" / "build.py"), "--book", str(book),
-         *([] if strict else ["--allow-untranslated"])],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=40 * 60,  # 11 chapters beside a busy worker
-    )
-
-
 @functools.cache
 def build_once() -> subprocess.CompletedProcess:
     """Build the real book once per session (incremental: only changed chapters execute), both editions."""
@@ -251,13 +239,6 @@ def test_build_writes_every_chapter_and_times_it():
         timing = rf"^{re.escape(stem)}\s+\d+\.\ds\s+(executed|cached)"
         assert re.search(timing, log, re.MULTILINE), log[-2000:]
     assert "python3 -m http.server --bind 127.0.0.1 -d" in log
-
-
-def book_build_module():
-    spec = importlib.util.spec_from_file_location("book_build", BOOK / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -333,65 +314,6 @@ def test_built_pages_load_nothing_from_outside():
     for css in (html / "_static").rglob("*.css"):
         text = css.read_text(encoding="utf-8", errors="ignore")
         assert not re.search(r"url\(\s*['\"]?(https?:)?//", text), f"{css} loads from outside"
-
-
-def write_tiny_notebook(path: Path, n: int, code: str) -> None:
-    import nbformat
-
-    nb = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_markdown_cell(f"# Tiny chapter {n}\n\n$e^{{i\\pi}} = -1$"),
-               nbformat.v4.new_code_cell(code)],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    )
-    nbformat.write(nb, path)
-
-
-def table_states(log: str) -> dict[str, str]:
-    return dict(re.findall(r"^(\d\d_\w+)\s+[\d.]+s\s+(executed|cached)", log, re.MULTILINE))
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("book")
-def test_rebuild_reexecutes_only_the_edited_chapter_and_a_cell_error_fails_it(tmp_path):
-    vendor = BOOK / "_vendor"
-    if not (vendor / "site").exists():
-        built_site()
-    book = tmp_path / "book"
-    shutil.copytree(BOOK, book, ignore=shutil.ignore_patterns("_build", "_vendor", "chapters", "__pycache__"))
-    (book / "_vendor").symlink_to(vendor)
-    (tmp_path / "notebooks").mkdir()
-    write_tiny_notebook(tmp_path / "notebooks" / "00_first.ipynb", 0, "print(6 * 7)")
-    write_tiny_notebook(tmp_path / "notebooks" / "03_second.ipynb", 3, "print(2 ** 10)")
-    for page in book.glob("*.md"):  # the front matter links the real chapters, absent from this tiny book
-        text = page.read_text(encoding="utf-8")
-        text = re.sub(r"\{doc\}`([^`<]*?)\s*<chapters/[^>]+>`", r"\1", text)
-        page.write_text(re.sub(r"\{doc\}`chapters/[^`]+`", "a chapter", text), encoding="utf-8")
-
-    first = run_build(book, strict=False)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert table_states(first.stdout) == {"00_first": "executed", "03_second": "executed"}
-    assert "1024" in (book / "_build" / "html" / "chapters" / "03_second.html").read_text(encoding="utf-8")
-
-    write_tiny_notebook(tmp_path / "notebooks" / "03_second.ipynb", 3, "print(2 ** 11)")
-    second = run_build(book, strict=False)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert table_states(second.stdout) == {"00_first": "cached", "03_second": "executed"}
-    assert "2048" in (book / "_build" / "html" / "chapters" / "03_second.html").read_text(encoding="utf-8")
-
-    # The 繁體中文 edition reads the same execution: nothing ran again, and a strict build names what is untranslated.
-    assert "jupyter-cache" not in second.stderr, second.stderr[-2000:]  # "… executed NN again: its chapters must come"
-    assert (book / "_build" / "html" / "zh-hant" / "chapters" / "03_second.html").exists()
-    strict = run_build(book, strict=True)
-    assert strict.returncode != 0, strict.stdout[-2000:]
-    assert re.search(r"chapters/03_second\.ipynb:\d+: .*messages have no translation in .*chapters/03_second\.po.*"
-                     r"Tiny chapter 3", strict.stdout + strict.stderr), (strict.stdout + strict.stderr)[-3000:]
-    assert table_states(strict.stdout) == {"00_first": "cached", "03_second": "cached"}
-
-    write_tiny_notebook(tmp_path / "notebooks" / "03_second.ipynb", 3, "raise RuntimeError('broken chapter')")
-    broken = run_build(book, strict=False)
-    assert broken.returncode != 0
-    assert "broken chapter" in broken.stdout + broken.stderr
-    assert re.search(r"^03_second\s+-\s+FAILED", broken.stdout, re.MULTILINE), broken.stdout[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------- the browser

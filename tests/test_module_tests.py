@@ -38,6 +38,7 @@ CROSS_CUTTING = {
     "test_lab_docs.py": "one set of instructions for the labs",
     "test_benchmarks.py": "the benchmark scripts run end to end",
     "test_book.py": "the book's sources, its build and the built site",
+    "test_book_rebuild.py": "the build executes again only what changed, beside the book build",
     "test_citations.py": "every citation resolves",
     "test_docs.py": "the architecture pages agree with the tree",
     "test_failures.py": "bad input fails loudly: one table across the package",
