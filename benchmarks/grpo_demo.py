@@ -9,10 +9,10 @@ machine the wall clock includes other people's work, the CPU time of each single
 
 Why the recipe decays its learning rate. The SFT policy was never the problem: fresh SFT runs (seeds 0-3) all start
 at 30-31% held-out exact match with a 100% format rate, like the shipped one. The GRPO end point was: at the old
-constant 3e-4, the held-out accuracy of one run (seed 0, every 20 steps, the code before issue 12) went 53%, 86.5%,
+constant 3e-4, the held-out accuracy of one run (seed 0, every 20 steps, with that older code) went 53%, 86.5%,
 83.5%, 79%, 68.5%, 77.5%, 85.5%, 77.5%, 80.5%, 93% over 200 steps (policy-gradient noise on 64 completions per
 step), so a run stopped at a fixed step can land in a trough, which would explain a fresh run gaining +18.5 points
-where the shipped checkpoint gained +54 (issue 12). Decaying the rate along a cosine to 0.1·lr over 100 steps lets
+where the shipped checkpoint gained +54. Decaying the rate along a cosine to 0.1·lr over 100 steps lets
 the policy settle: seeds 0-4, each from its own fresh SFT run, gain +61.0 to +70.0 points (mean +66.9, sd 3.8),
 1.1-1.2 CPU min of GRPO each.
 

@@ -14,7 +14,7 @@ Times are process CPU time (``time.process_time``), so a machine shared with oth
 single-core machine would.
 
 Profile (torch.profiler, CPU, one thread, this config; ``--profile`` prints the tables for the current code).
-Before issue 12 (commit c205391): prefill 4×256 spent 43% of self time in ``aten::mm`` (612 calls: the 3 MoE
+Before commit c205391: prefill 4×256 spent 43% of self time in ``aten::mm`` (612 calls: the 3 MoE
 layers' per-expert SwiGLUs, ~190 per layer, and the projections), 15% in attention's ``bmm`` (einsum over the
 (B, H, T, S) scores), 8% in ``_softmax`` and 5% in ``masked_fill_`` (the (B, T, S) mask rebuilt in every layer and
 applied to the full score tensor), 8% in ``mul``. Decode (1 token after 1,024) spent 27% in ``mm`` (~86 small
@@ -24,10 +24,10 @@ positions. Changes: positions, RoPE table and mask once per forward (no mask at 
 for one-token decode without padding), attention through ``scaled_dot_product_attention`` with v zero-padded to the
 qk width (the fused CPU flash kernel requires equal head dims; without it torch fell back to a math path with
 ``all``/``isneginf``/``where``, 4× slower on 4×8×256² scores), the absorbed path as one ``baddbmm`` over
-heads-folded queries (since issue 18: the same fused ``scaled_dot_product_attention`` every attention uses, the
+heads-folded queries (later: the same fused ``scaled_dot_product_attention`` every attention uses, the
 H·T latent queries as the rows of one key/value head [c^KV; k^R]). After: prefill is ~57% ``mm`` (the experts: the same FLOPs transformers runs) and ~18% the
 flash-attention kernel; decode is dominated by per-op overhead of ~86 tiny linears per step (``mm``, ~30%).
-Issue 18, measured on a shared, loaded 2-core machine (process CPU time, median of 5 interleaved repetitions):
+Later, measured on a shared, loaded 2-core machine (process CPU time, median of 5 interleaved repetitions):
 prefill 0.65×, decode after 1,024 tokens 0.45× transformers. Re-measured idle, five runs on one day: prefill
 0.57-0.74× (the 0.74 from a run of 5 repetitions; transformers' own prefill time moved between 183 and 228 ms from
 run to run, ours between 128 and 132 ms), decode 0.47-0.49×. Hence 15 repetitions by default.
@@ -47,7 +47,7 @@ import torch
 import minimoe
 from minimoe.interop import to_hf
 
-TARGETS = {"prefill": 0.7, "decode": 0.5}  # minimoe time at most this × transformers' (issue 18)
+TARGETS = {"prefill": 0.7, "decode": 0.5}  # minimoe time at most this × transformers'
 
 
 def bench_config(quick: bool) -> minimoe.ModelConfig:

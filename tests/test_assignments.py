@@ -1,10 +1,10 @@
 """Grading through the judge, end to end, on a temporary copy of the course, as a lecturer runs it.
 
-One batch of a1 submissions (reference, release, an empty notebook, partial, cheats, and every attack of issue 17
-on the grader) is graded once by ``grade.py``; the tests below read its results and check that each attack earns
-nothing, changes nothing outside its staging folder, leaks nothing into autograded/ or feedback/, and does not hurt
-its neighbour. a2 is checked for full marks and zero (a3, a4, a5: tests/test_judge_a*.py); a lab without a judge
-module is refused by name.
+One batch of a1 submissions (reference, release, an empty notebook, partial, cheats, and every attack on the
+grader that assignments/README.md's "What the grader guarantees" names) is graded once by ``grade.py``; the tests
+below read its results and check that each attack earns nothing, changes nothing outside its staging folder, leaks
+nothing into autograded/ or feedback/, and does not hurt its neighbour. a2 is checked for full marks and zero (a3,
+a4, a5: tests/test_judge_a*.py); a lab without a judge module is refused by name.
 Slow: a few minutes in all; skipped without bubblewrap.
 """
 
@@ -85,7 +85,7 @@ def tree_bytes(folder: Path) -> int:
     return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*"))
 
 
-# The attack of issue 17: functions that publish a pass, patch IPython's reporting, then raise.
+# The forged pass: functions that publish a pass, patch IPython's reporting, then raise.
 FORGE = """
 import IPython.core.interactiveshell as _ish
 _ish.ExecutionResult.success = property(lambda self: True)

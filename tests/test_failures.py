@@ -1,4 +1,4 @@
-"""Bad input fails loudly: one table of every case of issue 12, item 3, each with the error it must raise.
+"""Bad input fails loudly: one table of every case, each with the error it must raise.
 
 Each row is (what goes wrong, a callable that triggers it, the exception type, a message fragment). The
 fragment is a regular expression searched case-insensitively in the message; it names the field, the value,
