@@ -23,8 +23,16 @@ def run_build(book: Path = BOOK, strict: bool = True) -> subprocess.CompletedPro
     )
 
 
-def book_build_module():
-    spec = importlib.util.spec_from_file_location("book_build", BOOK / "build.py")
+def book_module(relative: str):
+    """A module of book/ (build.py, i18n.py, repository.py, _ext/minimoe_book.py), loaded afresh from its file:
+    book/ is not a package. It is registered in sys.modules under a name of its own (dataclasses look it up)."""
+    path = BOOK / relative
+    spec = importlib.util.spec_from_file_location(f"book_{path.stem}_for_tests", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def book_build_module():
+    return book_module("build.py")

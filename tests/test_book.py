@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import http.server
-import importlib.util
 import json
 import re
 import shutil
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from _book import BOOK, HTML, NOTEBOOKS, REPO, book_build_module, run_build
+from _book import BOOK, HTML, NOTEBOOKS, REPO, book_build_module, book_module, run_build
 from _browser import PageWatch, launch, screenshot_path, sync_playwright
 
 TITLE = "minimoe: DeepSeek's ideas from first principles"
@@ -148,10 +147,7 @@ def test_config_keeps_the_site_offline_and_fails_on_cell_errors():
 
 
 def book_extension():
-    spec = importlib.util.spec_from_file_location("minimoe_book", BOOK / "_ext" / "minimoe_book.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return book_module("_ext/minimoe_book.py")
 
 
 @pytest.mark.parametrize("url, shown", [("", False), ("https://github.com/owner/minimoe", True)])
@@ -177,9 +173,7 @@ def test_launch_links_open_the_notebooks_folder_not_the_ignored_symlink():
 
 
 def test_every_chapter_installs_minimoe_from_the_configured_repository(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("repository", BOOK / "repository.py")
-    repository = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(repository)
+    repository = book_module("repository.py")
     assert repository.problems() == []  # as committed: every chapter agrees with book/_config.yml
     # Naming a repository rewrites the config and every chapter's install cell, in a copy of both.
     (tmp_path / "book").mkdir()
@@ -476,9 +470,7 @@ def test_markdown_outputs_render_as_myst_and_explorers_are_frozen():
 
 
 def test_build_log_drops_the_tcp_warnings_and_the_file_url():
-    spec = importlib.util.spec_from_file_location("book_build", BOOK / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = book_build_module()
     keep = build.LogFilter()
     lines = ["reading sources\n",
              "[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All communication …\n",
@@ -709,11 +701,7 @@ def test_site_has_version_notebook_archive_and_no_launch_buttons_without_reposit
 
 
 def i18n_module():
-    spec = importlib.util.spec_from_file_location("book_i18n_for_book_tests", BOOK / "i18n.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return book_module("i18n.py")
 
 
 @pytest.mark.slow

@@ -124,10 +124,8 @@ def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
     building one (N, d) zero gradient per expert. Without gradients only the experts that received tokens are
     visited (decoding one token touches K of E experts; splitting into E views cost as much as the experts).
 
-    Profile (torch.profiler, ``benchmarks/moe_dispatch.py``'s layer, forward): ~85% of the time is the experts'
-    matrix products; the rest is ``index_select`` and ``index_add_`` (~3% each), SiLU and products, ``topk``.
-    Adding into the shared expert's output and scaling the experts' hidden rows by g instead of their outputs saved
-    a few percent, but they change float rounding, and with it every trained result the book ships and quotes.
+    ~85% of the forward is the experts' matrix products; the profile, the idle measurements and the changes tried
+    (and why they were not kept: they change float rounding) are in ``benchmarks/moe_dispatch.py``'s docstring.
 
     Shapes: x (N, d), weights (N, K), indices (N, K), keep (N, K) bool -> (N, d).
     """
