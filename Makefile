@@ -41,9 +41,10 @@ install: $(STAMP)
 
 # Two pytest workers on two cores: one torch thread each, or OpenMP threads fight over the cores (10x slower).
 # --dist loadfile keeps each test file on one worker (the book tests share one build; loadgroup is ignored by
-# pytest-xdist 3.8 under pytest 9).
+# pytest-xdist 3.8 under pytest 9). --no-loadscope-reorder hands the files out in the order tests/conftest.py
+# collects them: the book build first, so it runs from the start on one worker while the other takes the rest.
 test: $(STAMP) browser-deps grading-deps hub-deps
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow and not browser"
