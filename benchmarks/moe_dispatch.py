@@ -18,16 +18,22 @@ overhead, as on real hardware, and one forward pass stays about a second on one 
 
 Profile (torch.profiler, forward of ``minimoe loop`` on this config): ~85% of self time is ``aten::mm`` in the
 experts' SwiGLUs (3 per expert that received tokens, plus the shared expert), the rest ``index_select`` /
-``index_add_`` (~3% each), SiLU and the products, ``topk`` / ``sort`` of the routing. Two changes tried from it
-(adding the routed outputs straight into the shared expert's output; scaling each expert's hidden rows by g_{i,t},
-width moe_intermediate_size, instead of its outputs, width D) saved a few percent, but they change float rounding,
-so the shipped checkpoint and every trained number the book quotes would change with them: not adopted.
-Measured idle again (``--reps 9``): forward 1.13x the dense SwiGLU, forward+backward 1.08x. Split into user and
-system time (``resource.getrusage``), the layer's forward took 1.08-1.11x the dense SwiGLU's user time, while the
-system time (page faults on freshly allocated tensors; the dense SwiGLU's (4096, 2048) activations are 32 MiB
-each) moved between 0 and 60 ms per call with the state of the heap, so the ratio of their sums moved between
-0.98x and 1.13x from one process to the next. What is left above the matrix products is routing (~3%), the gather
-and scatter of the tokens (~6%) and the weighting by g (~2%): nothing further to remove without changing rounding.
+``index_add_`` (~3% each), SiLU and the products, ``topk`` / ``sort`` of the routing. Timed stage by stage (user
+time, idle, one thread): the routed experts' and the shared expert's matrix products together took what the dense
+SwiGLU took (292 against 289 ms: 384-row products run at the speed of 4096-row ones); on top of them came routing
+10 ms (the router's product 4 ms, the groups' top-2 3 ms, the final top-k 2 ms), gathering the tokens 7 ms,
+weighting by g 7 ms, scattering them back 4 ms and sorting 1 ms, about 10% of the dense SwiGLU's user time, and
+every piece is needed. Two changes tried (adding the routed outputs straight into the shared expert's output;
+scaling each expert's hidden rows by g_{i,t}, width moe_intermediate_size, instead of its outputs, width D) saved
+a few percent, but they change float rounding, so the shipped checkpoint and every trained number the book quotes
+would change with them: not adopted. Two that keep every bit (weighting each expert's output in place, adding the
+shared expert's output in place) save allocations, hence page faults, and no user time.
+
+The system time is what moves the ratio: page faults on freshly allocated tensors, above all the dense SwiGLU's
+(4096, 2048) activations, 32 MiB each, which a process pays 0 to 60 ms per call depending on the state of its
+heap. So the script prints the ratio twice, of the process CPU time (user + system, the budget's measure) and of
+the user time alone. Idle, ``--reps 9``, five processes: forward 1.01, 1.05, 1.01, 1.04 and 1.08x the dense
+SwiGLU, user time alone 1.10-1.14x; forward+backward 1.08-1.11x (1.06x before the in-place changes).
 
 The routed computation has the FLOPs of the dense SwiGLU of the same active width, which is therefore a floor: the
 layer's budget is at most 1.05x that dense SwiGLU (the limit is 1.0x), and faster than transformers'
@@ -36,15 +42,16 @@ near the same floor, so no dispatch can be much faster than it).
 
 The implementations run interleaved (one of each per repetition, in rotating order); the table gives the median
 time and, per implementation, the median over repetitions of its time divided by minimoe loop's time in the same
-repetition. Times are the process's CPU time (``time.process_time``): on a machine shared with other jobs it stays
-what an idle machine's wall clock would show with one thread, where the wall clock would mostly measure the others. Run: ``python benchmarks/moe_dispatch.py`` (about 3 minutes on one core), ``--quick`` for tests.
+repetition. Times are the process's CPU time, user + system (``resource.getrusage``): on a machine shared with
+other jobs it stays what an idle machine's wall clock would show with one thread, where the wall clock would mostly
+measure the others. Run: ``python benchmarks/moe_dispatch.py`` (about 3 minutes on one core), ``--quick`` for tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -98,19 +105,27 @@ def dense_equivalent(cfg: ModelConfig) -> MLP:
     return MLP(cfg.hidden_size, active)
 
 
+def cpu_times() -> tuple[float, float]:
+    """The process's user and system CPU seconds so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor,
-              params: list[torch.nn.Parameter], backward: bool) -> float:
+              params: list[torch.nn.Parameter], backward: bool) -> tuple[float, float]:
+    """One call's (user, system) CPU seconds; their sum is the process CPU time the table reports."""
     for p in params:
         p.grad = None
     if backward:
         x = x.detach().requires_grad_()
-        start = time.process_time()
+        start = cpu_times()
         fn(x).backward(grad)
     else:
         with torch.no_grad():
-            start = time.process_time()
+            start = cpu_times()
             fn(x)
-    return time.process_time() - start
+    end = cpu_times()
+    return end[0] - start[0], end[1] - start[1]
 
 
 def main() -> None:
@@ -148,16 +163,19 @@ def main() -> None:
           f"{cfg.n_shared_experts} shared, moe_intermediate_size {cfg.moe_intermediate_size}, dense width "
           f"{dense.w1.out_features}, float32, {reps} interleaved repetitions, process CPU time")
     names = list(impls)
-    results = {}
+    results, user = {}, {}
     for backward in (False, True):
         times: dict[str, list[float]] = {n: [] for n in names}
+        user_times: dict[str, list[float]] = {n: [] for n in names}
         for fn, params in impls.values():  # warm-up
             time_once(fn, x, grad, params, backward)
         for rep in range(reps):
             for name in names[rep % len(names):] + names[:rep % len(names)]:
                 fn, params = impls[name]
-                times[name].append(time_once(fn, x, grad, params, backward))
-        results[backward] = times
+                user_s, system_s = time_once(fn, x, grad, params, backward)
+                times[name].append(user_s + system_s)
+                user_times[name].append(user_s)
+        results[backward], user[backward] = times, user_times
 
     print(f"{'implementation':<22}{'forward ms':>12}{'/ minimoe':>11}{'fwd+bwd ms':>13}{'/ minimoe':>11}")
     ratio_to = {}
@@ -175,6 +193,10 @@ def main() -> None:
             ours, limit = 1 / ratio, TARGETS["HF" if other == "the faster HF" else other]
             print(f"{label}: minimoe loop takes {ours:.2f}x the time of {other} "
                   f"(target <= {limit}x: {'met' if ours <= limit else 'missed'})")
+        dense_user = statistics.median(t / ref for t, ref in zip(user[backward]["minimoe loop"],
+                                                                 user[backward]["dense SwiGLU"]))
+        print(f"{label}: user time alone, minimoe loop takes {dense_user:.2f}x the dense SwiGLU's (system time, "
+              f"page faults on fresh tensors, left out)")
 
 
 if __name__ == "__main__":

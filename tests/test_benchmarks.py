@@ -33,6 +33,7 @@ def test_moe_dispatch_quick():
         assert name in result.stdout
     assert "torch.set_num_threads(1)" in result.stdout
     assert "forward+backward: minimoe loop takes" in result.stdout
+    assert "forward: user time alone, minimoe loop takes" in result.stdout
 
 
 @pytest.mark.slow

@@ -148,7 +148,7 @@ def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
     for e, size in enumerate(sizes):
         if size:
             rows = token[start:start + size]  # (n_e,)
-            out.index_add_(0, rows, experts[e](x.index_select(0, rows)) * gate_weights[start:start + size])
+            out.index_add_(0, rows, experts[e](x.index_select(0, rows)).mul_(gate_weights[start:start + size]))
             start += size
     return out
 

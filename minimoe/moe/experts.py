@@ -140,7 +140,7 @@ class DeepSeekMoE(nn.Module):
                                  self.capacity_factor)  # (N, K)
         h = self.dispatcher(self, u, sel.gate_weights, sel.experts, keep)  # (N, d): Σ_i g_{i,t} FFN^(r)_i(u_t)
         if self.shared_experts is not None:
-            h = h + self.shared_experts(u)  # + Σ_i FFN^(s)_i(u_t): Eq. (12), the residual left to Block
+            h += self.shared_experts(u)  # + Σ_i FFN^(s)_i(u_t): Eq. (12), the residual left to Block
         return h.view(x.shape), RoutingRecord.of(sel, x.shape[:-1], layer, None if keep is None else ~keep)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
