@@ -70,3 +70,15 @@ def test_every_module_has_its_test_file():
     orphans = sorted(p.name for p in TESTS.glob("test_*.py")
                      if p.name not in {file_for(m) for m in modules} and p.name not in CROSS_CUTTING)
     assert orphans == [], "test files of no module: name them after their module, or list them in CROSS_CUTTING"
+
+
+def test_the_files_conftest_starts_first_exist():
+    """tests/conftest.py names the files `make test` starts first (the book build); a renamed file would silently
+    lose its place."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tests_conftest_order", TESTS / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    missing = [path for path in conftest.FIRST if not (ROOT / path).is_file()]
+    assert missing == [], f"tests/conftest.py starts files that do not exist: {missing}"
