@@ -23,11 +23,12 @@ time, idle, one thread): the routed experts' and the shared expert's matrix prod
 SwiGLU took (292 against 289 ms: 384-row products run at the speed of 4096-row ones); on top of them came routing
 10 ms (the router's product 4 ms, the groups' top-2 3 ms, the final top-k 2 ms), gathering the tokens 7 ms,
 weighting by g 7 ms, scattering them back 4 ms and sorting 1 ms, about 10% of the dense SwiGLU's user time, and
-every piece is needed. Two changes tried (adding the routed outputs straight into the shared expert's output;
-scaling each expert's hidden rows by g_{i,t}, width moe_intermediate_size, instead of its outputs, width D) saved
-a few percent, but they change float rounding, so the shipped checkpoint and every trained number the book quotes
-would change with them: not adopted. Two that keep every bit (weighting each expert's output in place, adding the
-shared expert's output in place) save allocations, hence page faults, and no user time.
+every piece is needed. Two changes that alter float rounding (adding the routed outputs straight into the shared
+expert's output; scaling each expert's hidden rows by g_{i,t}, width moe_intermediate_size, instead of its outputs,
+width D), timed together against the layer as it is, interleaved with the dense SwiGLU: 1.11-1.14x its user time
+either way, no gain; not adopted (the shipped checkpoint and every trained number the book quotes would change with
+them). Two that keep every bit (weighting each expert's output in place, adding the shared expert's output in
+place) save allocations, hence page faults, and no user time.
 
 The system time is what moves the ratio: page faults on freshly allocated tensors, above all the dense SwiGLU's
 (4096, 2048) activations, 32 MiB each, which a process pays 0 to 60 ms per call depending on the state of its

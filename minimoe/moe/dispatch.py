@@ -125,7 +125,7 @@ def dispatch_sorted(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
     visited (decoding one token touches K of E experts; splitting into E views cost as much as the experts).
 
     ~85% of the forward is the experts' matrix products; the profile, the idle measurements and the changes tried
-    (and why they were not kept: they change float rounding) are in ``benchmarks/moe_dispatch.py``'s docstring.
+    (and why they were not kept) are in ``benchmarks/moe_dispatch.py``'s docstring.
 
     Shapes: x (N, d), weights (N, K), indices (N, K), keep (N, K) bool -> (N, d).
     """
