@@ -207,7 +207,8 @@ def a1(course, secret):
     many = course / "submitted" / "many_cells" / "a1_mla"
     many.mkdir(parents=True)
     nb = nbformat.read(course / "release" / "a1_mla" / "a1_mla.ipynb", as_version=4)
-    nb.cells += [nbformat.v4.new_code_cell("") for _ in range(150_000)]
+    # Ids of our own: 150,000 random 8-digit ones collide a few times, and nbformat warns at each collision.
+    nb.cells += [nbformat.v4.new_code_cell("", id=f"many-{i}") for i in range(150_000)]
     nbformat.write(nb, many / "a1_mla.ipynb")
     for odd in ("[ab]", "a b;$(touch x)*", LONG_ID):
         submit(course, "a1_mla", odd, ref)
