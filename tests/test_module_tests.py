@@ -75,10 +75,7 @@ def test_every_module_has_its_test_file():
 def test_the_files_conftest_starts_first_exist():
     """tests/conftest.py names the files `make test` starts first (the book build); a renamed file would silently
     lose its place."""
-    import importlib.util
+    from conftest import FIRST  # tests/ is on sys.path, as for the helpers tests/_*.py
 
-    spec = importlib.util.spec_from_file_location("tests_conftest_order", TESTS / "conftest.py")
-    conftest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conftest)
-    missing = [path for path in conftest.FIRST if not (ROOT / path).is_file()]
+    missing = [path for path in FIRST if not (ROOT / path).is_file()]
     assert missing == [], f"tests/conftest.py starts files that do not exist: {missing}"
